@@ -1,0 +1,45 @@
+"""Safe, atomic reading and writing of weights and run state.
+
+Every file ganpaint loads goes through `load`: `weights_only=True`, so a checkpoint that
+carries pickled code is refused, and a truncated or corrupt file raises an error that names it.
+Writes go to a temporary file first, so a run killed mid-save never leaves a broken file.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+
+class CheckpointError(RuntimeError):
+    """A weights or state file that cannot be loaded; the message says which file and why."""
+
+
+def save(obj, path) -> None:
+    """Write `obj` with torch.save to `path` atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load(path, map_location="cpu"):
+    """Load a torch file safely (no code execution); clear errors for bad files."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: file not found")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{path}: refused to load: the file contains pickled Python objects or code, which "
+            f"ganpaint never executes (weights_only=True). Re-save it as a plain state dict "
+            f"(torch.save(model.state_dict(), ...)). Details: {str(e).splitlines()[0]}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise CheckpointError(
+            f"{path}: cannot read this file (truncated or corrupt?): {str(e).splitlines()[0]}"
+        ) from None

@@ -1,0 +1,194 @@
+"""Command line: `ganpaint <subcommand>` (also `python -m ganpaint`)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+COMMANDS = {}
+
+
+def command(name, help):
+    """Register a subcommand: the decorated function adds its arguments and returns a runner."""
+    def wrap(fn):
+        COMMANDS[name] = (help, fn)
+        return fn
+    return wrap
+
+
+def _threads(args):
+    import torch
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+
+
+@command("train-segmenter", "train the scene segmenter on rendered scenes (resumable)")
+def _train_segmenter(p):
+    p.add_argument("--out", default="runs/segmenter", help="run directory (state for resuming)")
+    p.add_argument("--export", default="models/segmenter.pt", help="where the final weights go")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--resolution", type=int, default=64)
+    p.add_argument("--width", type=int, default=24)
+    p.add_argument("--device", default=None)
+    p.add_argument("--threads", type=int, default=None)
+
+    def run(a):
+        from .train_segmenter import train
+        _threads(a)
+        train(a.out, a.export, a.steps, a.batch_size, a.resolution, a.width, device=a.device)
+    return run
+
+
+@command("eval-segmenter", "score the segmenter on held-out renders")
+def _eval_segmenter(p):
+    p.add_argument("--segmenter", default=None, help="weights file (default: the shipped one)")
+    p.add_argument("--samples", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0, help="offset into the held-out seeds")
+    p.add_argument("--size", type=int, default=64, help="render resolution")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    def run(a):
+        from .segmenter import DEFAULT_WEIGHTS, evaluate, load_segmenter
+        seg = load_segmenter(a.segmenter or DEFAULT_WEIGHTS)
+        r = evaluate(seg, a.samples, a.seed, a.size, progress=not a.json)
+        if a.json:
+            print(json.dumps(r))
+            return
+        print(f"pixel accuracy {r['pixel_accuracy']:.4f}   mean IoU {r['mean_iou']:.4f}")
+        for c, v in r["iou"].items():
+            print(f"  {c:<10} IoU {v:.4f}")
+    return run
+
+
+@command("train-gan", "train the scene GAN on rendered scenes (resumable)")
+def _train_gan(p):
+    p.add_argument("--out", default="runs/gan", help="run directory (state for resuming)")
+    p.add_argument("--export", default="models/scenegan.pt", help="where the EMA weights go")
+    p.add_argument("--steps", type=int, default=20000)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr-g", type=float, default=1e-3)
+    p.add_argument("--lr-d", type=float, default=4e-4)
+    p.add_argument("--device", default=None)
+    p.add_argument("--threads", type=int, default=None)
+
+    def run(a):
+        from .scenegan import train
+        _threads(a)
+        train(a.out, a.export, a.steps, a.batch_size, a.lr_g, a.lr_d, device=a.device)
+    return run
+
+
+def _model_args(p):
+    p.add_argument("--model", default="scenes",
+                   help="scenes | progan:<file.pth> | package.module:function (see `ganpaint models`)")
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="keyword argument for a package.module:function model (repeatable)")
+    p.add_argument("--segmenter", default="scenes",
+                   help="scenes | <file>.pt | package.module:function")
+    p.add_argument("--segmenter-arg", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+
+
+def _device(a):
+    import torch
+    return a.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@command("dissect", "dissect layers of a generator: IoU of every unit with every concept")
+def _dissect(p):
+    _model_args(p)
+    p.add_argument("--layers", nargs="+", default=None, help="layer names (default: the model's painting layer)")
+    p.add_argument("--samples", type=int, default=2000)
+    p.add_argument("--out", required=True, help="dissection directory (a partial run there resumes)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--quantile", type=float, default=0.01,
+                   help="top quantile q of each unit's activation (0.01; 0.005 as in Network Dissection)")
+    p.add_argument("--bins", type=int, default=1024, help="histogram bins per unit (accuracy vs memory)")
+    p.add_argument("--seg-size", type=int, default=None, help="label map resolution (default: image size)")
+    p.add_argument("--no-report", action="store_true", help="skip report.html and its images")
+
+    def run(a):
+        from . import registry
+        from .dissect import dissect, init_distributed
+        from .sources import GeneratorSource
+        init_distributed()
+        dev = _device(a)
+        g = registry.load_generator(a.model, dev, a.model_arg)
+        seg = registry.load_segmenter(a.segmenter, dev, a.segmenter_arg)
+        layers = a.layers or [g.paint_layer]
+        if layers == [None]:
+            raise ValueError("this model declares no preferred layer: pass --layers")
+        src = GeneratorSource(g, seg, a.seed, a.seg_size, a.segmenter)
+        dissect(src, layers, a.out, a.samples, a.quantile, a.batch_size, a.bins,
+                report=not a.no_report)
+    return run
+
+
+@command("rank", "rank the units of a dissected layer by IoU with a concept")
+def _rank(p):
+    p.add_argument("--dissection", required=True, help="dissection directory")
+    p.add_argument("--layer", default=None, help="layer (default: the first dissected one)")
+    p.add_argument("--concept", default=None)
+    p.add_argument("--top", type=int, default=20)
+    p.add_argument("--list", action="store_true", help="list concepts and their detector counts")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    def run(a):
+        from .ranking import concept_table, rank_units
+        from .dissect import load_dissection
+        d = load_dissection(a.dissection)
+        if a.list or a.concept is None:
+            rows = concept_table(d, a.layer)
+            if a.json:
+                print(json.dumps(rows))
+                return
+            print(f"{'concept':<12}{'detectors':>10}{'best IoU':>10}{'best unit':>10}")
+            for r in rows:
+                print(f"{r['concept']:<12}{r['detectors']:>10}{r['best_iou']:>10.3f}{r['best_unit']:>10}")
+            return
+        rows = rank_units(d, a.concept, a.layer, a.top)
+        if a.json:
+            print(json.dumps(rows))
+            return
+        print(f"{'rank':>4} {'unit':>5} {'IoU':>7} {'level':>9}")
+        for r in rows:
+            print(f"{r['rank']:>4} {r['unit']:>5} {r['iou']:>7.4f} {r['level']:>9.4g}")
+    return run
+
+
+@command("models", "list the model ids and segmenters ganpaint can load")
+def _models(p):
+    def run(a):
+        from .registry import GENERATORS, SEGMENTERS
+        print("generators (--model):")
+        for k, v in GENERATORS.items():
+            print(f"  {k:<26} {v}")
+        print("segmenters (--segmenter):")
+        for k, v in SEGMENTERS.items():
+            print(f"  {k:<26} {v}")
+    return run
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="ganpaint", description="GAN dissection and semantic painting.")
+    sub = parser.add_subparsers(dest="command", metavar="command")
+    sub.required = True
+    for name, (help, fn) in COMMANDS.items():
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(run=fn(p))
+    return parser
+
+
+def main(argv=None):
+    from .checkpoint import CheckpointError
+    from .labels import UnknownNameError
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (UnknownNameError, CheckpointError, ValueError, FileNotFoundError) as e:
+        print(f"ganpaint {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,242 @@
+"""Dissection: which concept each unit of a layer detects, in one pass over the samples.
+
+Per batch: the source gives activations and label maps; each unit's activation is upsampled
+bilinearly to the label resolution and counted into `TailStats`. Partial statistics are saved
+every few batches, so an interrupted run resumes where it stopped with the same result; under
+`torchrun` each rank takes every world-th batch and the counts are summed at the end.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from . import checkpoint
+from .stats import TailStats
+
+DETECTOR_IOU = 0.04  # minimum IoU to call a unit a detector (GAN Dissection, Network Dissection)
+LEVEL_QUANTILES = (0.01, 0.005)  # per-unit levels kept for the intervention engine
+CHUNK_ELEMENTS = 1 << 24  # upsample at most this many activation values at once
+
+
+def _dist():
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        return dist, dist.get_rank(), dist.get_world_size()
+    return None, 0, 1
+
+
+def init_distributed():
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1)."""
+    import torch.distributed as dist
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+
+
+def upsampled(act: torch.Tensor, size: int) -> torch.Tensor:
+    if act.shape[-1] == size and act.shape[-2] == size:
+        return act.float()
+    return F.interpolate(act.float(), size=(size, size), mode="bilinear", align_corners=False)
+
+
+def _count(stats: TailStats, act, labels):
+    size = labels.shape[-1]
+    per_sample = act.shape[1] * size * size
+    step = max(1, CHUNK_ELEMENTS // per_sample)
+    for i in range(0, act.shape[0], step):
+        stats.update(upsampled(act[i:i + step], size), labels[i:i + step])
+
+
+def _warm_values(act, size, cap=1 << 15):
+    """(U, M ≤ cap) upsampled values of one batch, for placing the histogram bins."""
+    up = upsampled(act, size).transpose(0, 1).reshape(act.shape[1], -1)
+    stride = max(1, math.ceil(up.shape[1] / cap))
+    return up[:, ::stride]
+
+
+def dissect(source, layers, out_dir, samples=2000, quantile=0.01, batch_size=16, bins=1024,
+            topk=8, save_every=10, progress=True, report=True, log=print):
+    """Dissect `layers`; writes dissection.json (+ results.npz, report.html) in `out_dir`."""
+    layers = list(layers)
+    source.check_layers(layers)
+    out_dir = Path(out_dir)
+    dist, rank, world = _dist()
+    settings = {**source.describe(), "layers": layers, "samples": int(samples),
+                "quantile": float(quantile), "batch_size": int(batch_size), "bins": int(bins),
+                "topk": int(topk)}
+    part = out_dir / "partial" / (f"state.rank{rank}of{world}.pt" if world > 1 else "state.pt")
+    n_batches = math.ceil(samples / batch_size)
+    mine = [b for b in range(n_batches) if b % world == rank]
+    stats, done = None, set()
+    if part.exists():
+        state = checkpoint.load(part)
+        if state["settings"] != settings:
+            diff = {k: (state["settings"].get(k), v) for k, v in settings.items()
+                    if state["settings"].get(k) != v}
+            raise ValueError(f"{out_dir} holds a partial run with other settings {diff} "
+                             f"(saved, requested): use another --out, or delete {part.parent}")
+        stats = {k: TailStats.from_state_dict(v) for k, v in state["stats"].items()}
+        done = set(state["done"])
+        log(f"resuming {out_dir}: {len(done)} of {len(mine)} batches already done")
+
+    def save():
+        checkpoint.save({"settings": settings, "done": sorted(done),
+                         "stats": {k: v.state_dict() for k, v in stats.items()}}, part)
+
+    concepts = source.concepts
+    todo = [b for b in mine if b not in done]
+    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), disable=not progress or rank > 0,
+               desc=f"dissect {','.join(layers)}", unit="batch")
+    try:
+        warm = None
+        if stats is None:
+            stats, warm = _start(source, layers, concepts, quantile, bins, topk, batch_size,
+                                 samples, dist, rank)
+        for b in todo:
+            idx = list(range(b * batch_size, min(samples, (b + 1) * batch_size)))
+            if b == 0 and warm is not None:  # batch 0 placed the bins: count it, don't rerun it
+                acts, labels = warm
+            else:
+                acts, labels, _ = source.batch(idx, layers)
+            for name in layers:
+                a = acts[name]
+                stats[name].update_top(a.amax((2, 3)), torch.tensor(idx))
+                _count(stats[name], a, labels)
+            done.add(b)
+            bar.update(1)
+            if len(done) % save_every == 0:
+                save()
+    except KeyboardInterrupt:
+        save()
+        log(f"\ninterrupted: progress saved in {part}; run the same command to resume")
+        raise
+    bar.close()
+    save()
+    if dist is not None:
+        _reduce(stats, dist, world)
+    if rank == 0:
+        result = write_results(out_dir, settings, concepts, stats, source, report, log)
+        return result
+    return None
+
+
+def _start(source, layers, concepts, quantile, bins, topk, batch_size, samples, dist, rank):
+    """Place every layer's bins from the activations of batch 0 (rank 0 broadcasts them).
+
+    Returns the statistics and, on rank 0, batch 0's (activations, labels) for counting."""
+    stats, acts, labels = {}, None, None
+    if rank == 0:
+        idx = list(range(min(samples, batch_size)))
+        acts, labels, _ = source.batch(idx, layers)
+        size = labels.shape[-1]
+    for name in layers:
+        if rank == 0:
+            units = acts[name].shape[1]
+        else:
+            units = None
+        if dist is not None:
+            box = [units]
+            dist.broadcast_object_list(box, src=0)
+            units = box[0]
+        st = TailStats(units, len(concepts), quantile, bins, topk)
+        if rank == 0:
+            st.init_edges(_warm_values(acts[name], size))
+        else:
+            st.edges = torch.zeros(units, bins + 1, dtype=torch.float64)
+        if dist is not None:
+            dist.broadcast(st.edges, src=0)
+        stats[name] = st
+    return stats, ((acts, labels) if rank == 0 else None)
+
+
+def _reduce(stats, dist, world):
+    for st in stats.values():
+        dist.all_reduce(st.joint)
+        dist.all_reduce(st.concept_pixels)
+        pixels = torch.tensor([st.pixels], dtype=torch.int64)
+        dist.all_reduce(pixels)
+        st.pixels = int(pixels.item())
+        vals = [torch.zeros_like(st.top_values) for _ in range(world)]
+        idx = [torch.zeros_like(st.top_index) for _ in range(world)]
+        dist.all_gather(vals, st.top_values.contiguous())
+        dist.all_gather(idx, st.top_index.contiguous())
+        st.top_values = torch.full((st.units, 0), float("-inf"))
+        st.top_index = torch.zeros((st.units, 0), dtype=torch.int64)
+        for v, i in zip(vals, idx):
+            st._merge_top(v, i)
+
+
+def summarize(settings, concepts, stats) -> dict:
+    """The dissection.json content: per unit its level, label and best IoUs; per concept a ranking."""
+    out = {**settings, "concepts": list(concepts), "detector_iou": DETECTOR_IOU, "layers": {}}
+    arrays = {}
+    for name, st in stats.items():
+        r = st.iou()
+        iou = r["iou"].numpy()
+        levels = {str(q): st.level(q)[0].numpy() for q in LEVEL_QUANTILES}
+        order = np.argsort(-iou, axis=1, kind="stable")
+        units = []
+        for u in range(st.units):
+            best = [[concepts[c], round(float(iou[u, c]), 5)] for c in order[u, :5]]
+            units.append({
+                "unit": u, "level": round(float(r["level"][u]), 6),
+                "levels": {q: round(float(v[u]), 6) for q, v in levels.items()},
+                "label": best[0][0], "iou": best[0][1], "top": best,
+                "top_samples": [int(i) for i in st.top_index[u].tolist()],
+                "exact": bool(r["exact"][u])})
+        ranking = {}
+        for c, cname in enumerate(concepts):
+            col = np.argsort(-iou[:, c], kind="stable")
+            ranking[cname] = [{"unit": int(u), "iou": round(float(iou[u, c]), 5)}
+                              for u in col if iou[u, c] > 0]
+        detectors = {}
+        for unit in units:
+            if unit["iou"] >= DETECTOR_IOU:
+                detectors[unit["label"]] = detectors.get(unit["label"], 0) + 1
+        out["layers"][name] = {
+            "units": st.units, "pixels": st.pixels,
+            "concept_pixel_fraction": {c: round(float(v) / max(st.pixels, 1), 6)
+                                       for c, v in zip(concepts, st.concept_pixels.tolist())},
+            "max_rank_error": float(r["rank_error"].max()),
+            "max_iou_error": float(r["iou_error"].max()),
+            "inexact_units": int((~r["exact"]).sum()),
+            "detectors": dict(sorted(detectors.items(), key=lambda kv: -kv[1])),
+            "unit_stats": units, "ranking": ranking}
+        arrays[f"{name}/iou"] = iou.astype(np.float32)
+        arrays[f"{name}/level"] = r["level"].numpy().astype(np.float32)
+    return out, arrays
+
+
+def write_results(out_dir, settings, concepts, stats, source=None, report=True, log=print):
+    out, arrays = summarize(settings, concepts, stats)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / "dissection.json.tmp"
+    tmp.write_text(json.dumps(out, indent=1))
+    os.replace(tmp, out_dir / "dissection.json")
+    np.savez_compressed(out_dir / "results.npz", **arrays)
+    for name in settings["layers"]:
+        lay = out["layers"][name]
+        log(f"{name}: {lay['units']} units, detectors {lay['detectors']}, "
+            f"max rank error {lay['max_rank_error']:.5f}, max IoU error bound {lay['max_iou_error']:.4f}")
+    if report and source is not None:
+        from .report import make_report
+        make_report(out_dir, out, source, log=log)
+    return out
+
+
+def load_dissection(path) -> dict:
+    """Read dissection.json from a dissection directory (or the file itself)."""
+    path = Path(path)
+    f = path / "dissection.json" if path.is_dir() else path
+    if not f.exists():
+        raise FileNotFoundError(f"{f}: no dissection here (run `ganpaint dissect --out {path}`)")
+    try:
+        return json.loads(f.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{f}: corrupt dissection file: {e}") from None

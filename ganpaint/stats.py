@@ -1,0 +1,189 @@
+"""One-pass, mergeable statistics for dissection: per-unit tail histograms joint with concepts.
+
+Why: the threshold of a unit is its top-q quantile over all samples and positions, and its IoU
+with a concept needs counts *at that threshold* — which is unknown until every sample has been
+seen. The reference code therefore runs the generator twice. Here each unit gets a histogram of
+its upsampled activation over the upper tail, with one count per (bin, concept). At the end the
+level is read off the histogram (interpolated inside one bin) and so are the intersection counts
+at that level, so the generator and segmenter run once per sample.
+
+Bins are placed in *rank* space from a warm-up batch: 3/4 of them at equally spaced quantiles
+between ranks 1 − 10q and 1 − q/20 of the warm-up values, the rest above (evenly, then
+geometrically growing up to 1000× the warm-up range), plus an overflow bin. Each bin thus holds a tiny share of the pixels
+(about 10q / (3/4 · bins)), which bounds the error: the rank error of a level is at most its
+bin's share of all pixels, and the intersection count is off by at most a fraction of one
+bin. Both bounds are computed and reported per unit. Memory: units × (bins + 1) × concepts
+counts, whatever the number of samples. All counts are integers, so merging (resume, several
+processes) is exact.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+class TailStats:
+    def __init__(self, units: int, concepts: int, quantile: float = 0.01, bins: int = 1024,
+                 topk: int = 8):
+        self.units, self.concepts, self.quantile, self.bins, self.topk = (
+            int(units), int(concepts), float(quantile), int(bins), int(topk))
+        self.edges = None  # (U, bins + 1) float64, strictly increasing per unit
+        self.joint = torch.zeros(self.units * (self.bins + 1) * self.concepts, dtype=torch.int64)
+        self.concept_pixels = torch.zeros(self.concepts, dtype=torch.int64)
+        self.pixels = 0
+        self.top_values = torch.full((self.units, 0), float("-inf"))
+        self.top_index = torch.zeros((self.units, 0), dtype=torch.int64)
+
+    # -- bins ---------------------------------------------------------------------------
+    def floor_rank(self) -> float:
+        return 1.0 - min(0.5, 10 * self.quantile)
+
+    def init_edges(self, values: torch.Tensor) -> None:
+        """Place the bins from warm-up values (U, M) of upsampled activations."""
+        v = values.detach().to("cpu", torch.float64).sort(dim=1).values
+        m = v.shape[1]
+        main = (3 * self.bins) // 4
+        ranks = torch.linspace(self.floor_rank(), 1.0 - self.quantile / 20, main + 1,
+                               dtype=torch.float64)
+        pos = ranks * (m - 1)
+        lo, hi = pos.floor().long(), pos.ceil().long()
+        frac = pos - lo
+        q = v[:, lo] * (1 - frac) + v[:, hi] * frac  # (U, main + 1)
+        # above the warm-up's quantiles: half the remaining bins evenly up to the warm-up
+        # range past its maximum, then geometrically growing ones up to 1000× that range, so a
+        # later sample far beyond the warm-up still lands in a bin of bounded relative width
+        rng = (v[:, -1] - q[:, 0]).clamp(min=1e-6)[:, None]
+        n_up = self.bins - main
+        lin = torch.linspace(0, 1, n_up // 2 + 1, dtype=torch.float64)[1:]
+        geo = torch.logspace(0, 3, n_up - n_up // 2 + 1, dtype=torch.float64)[1:]
+        gap = (v[:, -1:] - q[:, -1:]) + rng
+        upper = torch.cat([q[:, -1:] + gap * lin[None], q[:, -1:] + gap * geo[None]], 1)
+        edges = torch.cat([q, upper], 1)
+        span = (edges[:, -1] - edges[:, 0]).abs() + edges[:, 0].abs() + 1e-6
+        edges = edges + torch.arange(self.bins + 1, dtype=torch.float64)[None] * span[:, None] * 1e-9
+        self.edges = torch.cummax(edges, 1).values
+
+    def _global_edges(self):
+        """All units' edges on one sorted axis: unit u occupies [4u, 4u + 1]."""
+        e0 = self.edges[:, :1]
+        span = self.edges[:, -1:] - e0
+        norm = (self.edges - e0) / span
+        u = torch.arange(self.units, dtype=torch.float64)[:, None]
+        return (4 * u + norm).reshape(-1), e0[:, 0], span[:, 0]
+
+    # -- accumulation ---------------------------------------------------------------------
+    def update(self, act: torch.Tensor, seg: torch.Tensor) -> None:
+        """Count one chunk: act (N, U, S, S) upsampled activations, seg (N, S, S) labels."""
+        if self.edges is None:
+            raise RuntimeError("init_edges() must be called before update()")
+        n, u, s1, s2 = act.shape
+        v = act.detach().permute(1, 0, 2, 3).reshape(u, -1).to("cpu", torch.float64)
+        labels = seg.reshape(-1).to("cpu", torch.int64)
+        mask = v >= self.edges[:, :1]
+        unit, pix = mask.nonzero(as_tuple=True)
+        vals = v[unit, pix]
+        gedges, e0, span = self._global_edges()
+        w = ((vals - e0[unit]) / span[unit]).clamp(max=2.0)
+        key = 4 * unit.to(torch.float64) + w
+        g = torch.searchsorted(gedges, key, right=True) - 1  # = unit * (bins + 1) + bin
+        idx = g * self.concepts + labels[pix]
+        self.joint += torch.bincount(idx, minlength=self.joint.numel())
+        self.concept_pixels += torch.bincount(labels, minlength=self.concepts)
+        self.pixels += int(labels.numel())
+
+    def update_top(self, peaks: torch.Tensor, indices: torch.Tensor) -> None:
+        """Keep, per unit, the top-k samples by peak activation; ties go to the lower index."""
+        idx = indices.cpu().long()[None].expand(self.units, -1)
+        self._merge_top(peaks.detach().float().cpu().T, idx)
+
+    def merge(self, other: "TailStats") -> None:
+        """Add another shard's statistics (same bins) into these."""
+        if not torch.equal(self.edges, other.edges):
+            raise ValueError("cannot merge statistics with different bins")
+        self.joint += other.joint
+        self.concept_pixels += other.concept_pixels
+        self.pixels += other.pixels
+        self._merge_top(other.top_values, other.top_index)
+
+    def _merge_top(self, vals, idx):
+        vals = torch.cat([self.top_values, vals], 1)
+        idx = torch.cat([self.top_index, idx], 1)
+        order = idx.argsort(dim=1, stable=True)
+        vals, idx = vals.gather(1, order), idx.gather(1, order)
+        order = vals.argsort(dim=1, descending=True, stable=True)[:, : self.topk]
+        self.top_values, self.top_index = vals.gather(1, order), idx.gather(1, order)
+
+    # -- persistence ----------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"units": self.units, "concepts": self.concepts, "quantile": self.quantile,
+                "bins": self.bins, "topk": self.topk, "edges": self.edges, "joint": self.joint,
+                "concept_pixels": self.concept_pixels, "pixels": self.pixels,
+                "top_values": self.top_values, "top_index": self.top_index}
+
+    @classmethod
+    def from_state_dict(cls, s: dict) -> "TailStats":
+        st = cls(s["units"], s["concepts"], s["quantile"], s["bins"], s["topk"])
+        for k in ("edges", "joint", "concept_pixels", "pixels", "top_values", "top_index"):
+            setattr(st, k, s[k])
+        return st
+
+    # -- results --------------------------------------------------------------------------
+    def _hist(self):
+        return self.joint.view(self.units, self.bins + 1, self.concepts)
+
+    def level(self, quantile: float | None = None):
+        """Per-unit activation level with a `quantile` share of pixels above it.
+
+        Returns (level (U,), bin (U,), fraction of that bin above the level (U,), exact (U,) bool:
+        False where the level fell below the histogram's floor and was clamped to it).
+        """
+        q = self.quantile if quantile is None else quantile
+        hist = self._hist().sum(2).to(torch.float64)  # (U, B+1)
+        above = hist.flip(1).cumsum(1).flip(1)  # count ≥ edges[b]
+        target = q * self.pixels
+        # the bin b where above[b+1] < target <= above[b]
+        ok = above[:, 0] >= target
+        b = (above >= target).sum(1).clamp(min=1) - 1
+        above_next = torch.cat([above[:, 1:], torch.zeros(self.units, 1, dtype=torch.float64)], 1)
+        need = (target - above_next.gather(1, b[:, None])[:, 0]).clamp(min=0)
+        inbin = hist.gather(1, b[:, None])[:, 0]
+        frac = torch.where(inbin > 0, need / inbin.clamp(min=1), torch.zeros_like(need)).clamp(0, 1)
+        lo = self.edges.gather(1, b[:, None])[:, 0]
+        top = torch.maximum(self.edges[:, -1], self.top_values[:, 0].to(torch.float64)
+                            if self.top_values.shape[1] else self.edges[:, -1])
+        hi_edges = torch.cat([self.edges[:, 1:], top[:, None]], 1)
+        hi = hi_edges.gather(1, b[:, None])[:, 0]
+        level = hi - frac * (hi - lo)
+        level = torch.where(ok, level, self.edges[:, 0])
+        frac = torch.where(ok, frac, torch.ones_like(frac))
+        return level, b, frac, ok
+
+    def iou(self, quantile: float | None = None):
+        """IoU (U, C) of each unit's thresholded map with each concept, plus error bounds.
+
+        Returns dict with iou (U, C), level (U,), exact (U,), rank_error (U,) (bound on the
+        level's rank error, as a share of all pixels) and iou_error (U, C) (bound on |IoU error|).
+        """
+        q = self.quantile if quantile is None else quantile
+        level, b, frac, ok = self.level(q)
+        joint = self._hist().to(torch.float64)  # (U, B+1, C)
+        above = joint.flip(1).cumsum(1).flip(1)
+        above_next = torch.cat([above[:, 1:], torch.zeros_like(above[:, :1])], 1)
+        sure = above_next.gather(1, b[:, None, None].expand(-1, 1, self.concepts))[:, 0]
+        inbin = joint.gather(1, b[:, None, None].expand(-1, 1, self.concepts))[:, 0]
+        inter = sure + frac[:, None] * inbin
+        act = torch.where(ok, torch.full_like(level, q * self.pixels),
+                          above[:, 0].sum(1))[:, None]
+        cp = self.concept_pixels.to(torch.float64)[None]
+        union = act + cp - inter
+        iou = torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(inter))
+        # bounds: the intersection lies in [sure, sure + min(inbin, need)]
+        need = frac * joint.sum(2).gather(1, b[:, None])[:, 0]
+        inter_hi = sure + torch.minimum(inbin, need[:, None])
+        iou_hi = inter_hi / (act + cp - inter_hi).clamp(min=1)
+        iou_lo = sure / (act + cp - sure).clamp(min=1)
+        err = torch.maximum(iou_hi - iou, iou - iou_lo)
+        rank_err = joint.sum(2).gather(1, b[:, None])[:, 0] / max(self.pixels, 1)
+        return {"iou": iou, "level": level, "exact": ok, "rank_error": rank_err,
+                "iou_error": err}

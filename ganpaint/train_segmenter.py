@@ -1,0 +1,59 @@
+"""Train the shipped U-Net segmenter on rendered scenes (resumable, CUDA when available)."""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from . import checkpoint
+from .augment import degrade
+from .labels import CONCEPTS
+from .scenes import SceneStream
+from .segmenter import UNet, export
+
+
+def train(out_dir="runs/segmenter", export_to="models/segmenter.pt", steps=3000, batch_size=32,
+          resolution=64, width=24, lr=3e-3, device=None, log=print):
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    out_dir = Path(out_dir)
+    state_path = out_dir / "state.pt"
+    net = UNet(len(CONCEPTS), width).to(device)
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    step = 0
+    if state_path.exists():
+        state = checkpoint.load(state_path, device)
+        net.load_state_dict(state["net"])
+        opt.load_state_dict(state["opt"])
+        step = state["step"]
+        log(f"resumed from {state_path} at step {step}")
+    # Rare, small concepts (door, window) get more weight: inverse square root of frequency.
+    freq = torch.tensor([0.30, 0.03, 0.25, 0.08, 0.12, 0.12, 0.04, 0.01, 0.02, 0.006])
+    weight = (freq.mean() / freq).sqrt().clamp(max=4.0).to(device)
+    stream = SceneStream(resolution, batch_size, start=step * batch_size)
+    net.train()
+    t0 = time.time()
+    while step < steps:
+        images, labels = next(stream)
+        gen = torch.Generator().manual_seed(step)
+        x = degrade(images, gen, strength=float(torch.rand(1, generator=gen)) * 1.2).to(device)
+        labels = labels.to(device)
+        for g in opt.param_groups:  # cosine schedule with a short warm-up
+            g["lr"] = lr * min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * step / steps))
+        loss = F.cross_entropy(net(x), labels, weight=weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        if step % 50 == 0 or step == steps:
+            log(f"step {step}/{steps} loss {loss.item():.4f} {(time.time() - t0) / 50:.2f}s/step")
+            t0 = time.time()
+        if step % 200 == 0 or step == steps:
+            checkpoint.save({"net": net.state_dict(), "opt": opt.state_dict(), "step": step},
+                            state_path)
+    net.eval()
+    export(net.cpu(), export_to, resolution, {"steps": steps, "batch_size": batch_size})
+    log(f"exported {export_to}")
+    return net
