@@ -1,0 +1,82 @@
+import pytest
+import torch
+
+from ganpaint.dissect import dissect
+from ganpaint.intervene import Painter, Stroke, apply_strokes, pool_mask
+from ganpaint.labels import UnknownNameError
+from tests.test_dissect import source
+
+
+@pytest.fixture(scope="module")
+def painter(tmp_path_factory):
+    src = source()
+    d = dissect(src, ["layer4"], tmp_path_factory.mktemp("d"), samples=48, batch_size=16,
+                progress=False, report=False, log=lambda *a: None)
+    return Painter(src.generator, d, "layer4")
+
+
+def z(p, n=2):
+    return p.generator.latents(range(n), seed=5)
+
+
+def test_empty_mask_changes_nothing(painter):
+    base = painter.render(z(painter))
+    s = Stroke(list(range(8)), torch.zeros(16, 16))
+    assert torch.equal(painter.render(z(painter), [s]), base)
+
+
+def test_ablation_stays_in_receptive_field(painter):
+    base = painter.render(z(painter))
+    mask = torch.zeros(8, 8)
+    mask[0, 0] = 1
+    out = painter.render(z(painter), [Stroke(list(range(8)), mask)])
+    diff = (out - base).abs().sum(1)  # (N, 16, 16)
+    assert diff[:, :2, :2].min() > 0  # the edited cell changed
+    # layer4 cell (0,0) covers pixels 0-1; upsample + two 3×3 convs reach at most pixel 3
+    assert diff[:, 4:, :].max() == 0 and diff[:, :, 4:].max() == 0
+
+
+def test_cached_equals_full_pass(painter):
+    mask = torch.rand(32, 32) > 0.5
+    strokes = [painter.stroke("red", mask.float(), "draw", 3, 2.0),
+               painter.stroke("dark", torch.ones(4, 4), "remove", 2)]
+    cached = painter.render(z(painter), strokes, cached=True)
+    full = painter.render(z(painter), strokes, cached=False)
+    assert painter.generator.can_split("layer4")
+    assert torch.allclose(cached, full, atol=1e-6)
+
+
+def test_later_stroke_wins(painter):
+    units, m = [0, 1, 2], torch.ones(8, 8)
+    draw = Stroke(units, m, torch.tensor([5.0, 5.0, 5.0]))
+    remove = Stroke(units, m)
+    x = torch.randn(1, 8, 8, 8)
+    a = apply_strokes(x, [draw, remove])
+    b = apply_strokes(x, [remove, draw])
+    assert torch.equal(a, apply_strokes(x, [remove]))
+    assert torch.equal(b[:, :3], torch.full((1, 3, 8, 8), 5.0))
+    assert torch.equal(a[:, 3:], x[:, 3:])
+
+
+def test_partial_mask_blends():
+    x = torch.ones(1, 2, 2, 2)
+    out = apply_strokes(x, [Stroke([0], torch.full((2, 2), 0.25), torch.tensor([3.0]))])
+    assert torch.allclose(out[0, 0], torch.full((2, 2), 1 * 0.75 + 3 * 0.25))
+
+
+def test_mask_pooling_is_max():
+    m = torch.zeros(64, 64)
+    m[10, 10] = 1
+    p = pool_mask(m, (8, 8))
+    assert p[1, 1] == 1 and p.sum() == 1
+
+
+def test_bad_inputs(painter):
+    with pytest.raises(UnknownNameError, match="Valid concepts"):
+        painter.stroke("tree", torch.ones(8, 8))
+    with pytest.raises(ValueError, match="unit out of range"):
+        painter.render(z(painter), [Stroke([99], torch.ones(8, 8))])
+    with pytest.raises(ValueError, match="2-D"):
+        painter.render(z(painter), [Stroke([0], torch.ones(1, 8, 8))])
+    with pytest.raises(ValueError, match="action"):
+        painter.stroke("red", torch.ones(8, 8), action="smudge")
