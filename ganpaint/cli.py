@@ -158,6 +158,94 @@ def _rank(p):
     return run
 
 
+def _painter(a):
+    from . import registry
+    from .dissect import load_dissection
+    from .intervene import Painter
+    d = load_dissection(a.dissection)
+    dev = _device(a)
+    model = a.model or d["model"]
+    g = registry.load_generator(model, dev, a.model_arg)
+    seg = registry.load_segmenter(a.segmenter or d.get("segmenter", "scenes"), dev, a.segmenter_arg)
+    return Painter(g, d, a.layer), seg
+
+
+def _experiment_args(p):
+    p.add_argument("--dissection", required=True, help="dissection directory")
+    p.add_argument("--model", default=None, help="generator (default: the dissection's)")
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--segmenter", default=None, help="segmenter (default: the dissection's)")
+    p.add_argument("--segmenter-arg", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--layer", default=None, help="layer (default: the first dissected one)")
+    p.add_argument("--concept", required=True)
+    p.add_argument("--samples", type=int, default=500)
+    p.add_argument("--seed", type=int, default=1, help="latent seed (the dissection uses 0)")
+    p.add_argument("--batch-size", type=int, default=25)
+    p.add_argument("--out", default=None, help="where JSON and PNG go (default: <dissection>/experiments)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--device", default=None)
+
+
+@command("ablate", "zero a concept's top-k units and measure how much of the concept goes away")
+def _ablate(p):
+    _experiment_args(p)
+    p.add_argument("--k", type=int, nargs="+", default=[0, 1, 2, 4, 8, 12, 16, 20, 30])
+    p.add_argument("--local", action="store_true",
+                   help="ablate only at feature cells where the concept is, and measure there")
+
+    def run(a):
+        from pathlib import Path
+        from . import experiments, plots
+        painter, seg = _painter(a)
+        out = Path(a.out or Path(a.dissection) / "experiments")
+        out.mkdir(parents=True, exist_ok=True)
+        r = experiments.ablation(painter, seg, a.concept, a.k, a.samples, a.batch_size, a.seed,
+                                 a.local, progress=not a.json, strip_dir=out)
+        stem = f"ablate_{r['concept']}" + ("_local" if a.local else "")
+        experiments.save(r, out, stem)
+        plots.ablation_curve(r, out / f"{stem}.png")
+        if a.json:
+            print(json.dumps(r))
+            return
+        print(f"{r['concept']} pixel fraction before: {r['fraction_before']:.4f}")
+        print(f"{'k':>4} {'after':>8} {'removed':>8} {'random':>8}")
+        for k, f, rm, rr in zip(r["k"], r["fraction_after"], r["removed"], r["random_removed"]):
+            print(f"{k:>4} {f:>8.4f} {rm:>8.3f} {rr:>8.3f}")
+        print(f"wrote {out / (stem + '.json')}, {out / (stem + '.png')}")
+    return run
+
+
+@command("insert", "insert a concept's top units at random cells: what gets added, by context")
+def _insert(p):
+    _experiment_args(p)
+    p.add_argument("--units", type=int, default=20)
+    p.add_argument("--cells-per-sample", type=int, default=4)
+    p.add_argument("--quantile", default="0.005", choices=["0.01", "0.005"],
+                   help="insert each unit at this top-quantile level")
+
+    def run(a):
+        from pathlib import Path
+        from . import experiments, plots
+        painter, seg = _painter(a)
+        out = Path(a.out or Path(a.dissection) / "experiments")
+        r = experiments.insertion(painter, seg, a.concept, a.units, a.samples,
+                                  a.cells_per_sample, a.batch_size, a.seed, a.quantile,
+                                  progress=not a.json)
+        stem = f"insert_{r['concept']}"
+        experiments.save(r, out, stem)
+        plots.bar_chart({k: v["mean_added"] for k, v in r["context"].items()}, out / f"{stem}.png",
+                        f"{r['concept']} pixels added by inserting {r['units']} units, by context",
+                        f"mean {r['concept']} pixels added")
+        if a.json:
+            print(json.dumps(r))
+            return
+        print(f"{'context':<12}{'cells':>7}{'mean added':>12}")
+        for k, v in r["context"].items():
+            print(f"{k:<12}{v['n']:>7}{v['mean_added']:>12.2f}")
+        print(f"wrote {out / (stem + '.json')}, {out / (stem + '.png')}")
+    return run
+
+
 @command("models", "list the model ids and segmenters ganpaint can load")
 def _models(p):
     def run(a):

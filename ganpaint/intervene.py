@@ -29,13 +29,15 @@ class Stroke:
 
 
 def pool_mask(mask, grid) -> torch.Tensor:
-    """A (H, W) mask in [0, 1], at any resolution, max-pooled to the layer's (h, w) grid."""
+    """A mask in [0, 1] — (H, W), or (N, H, W) for one mask per sample — at any resolution,
+    max-pooled to the layer's (h, w) grid."""
     m = torch.as_tensor(mask, dtype=torch.float32)
-    if m.dim() != 2:
-        raise ValueError(f"a mask must be 2-D (H, W); got shape {tuple(m.shape)}")
-    if tuple(m.shape) == tuple(grid):
-        return m.clamp(0, 1)
-    return F.adaptive_max_pool2d(m[None, None], tuple(grid))[0, 0].clamp(0, 1)
+    if m.dim() not in (2, 3):
+        raise ValueError(f"a mask must be (H, W) or (N, H, W); got shape {tuple(m.shape)}")
+    if tuple(m.shape[-2:]) != tuple(grid):
+        m = F.adaptive_max_pool2d(m.reshape(-1, 1, *m.shape[-2:]), tuple(grid)).reshape(
+            *m.shape[:-2], *grid)
+    return m.clamp(0, 1)
 
 
 def apply_strokes(x: torch.Tensor, strokes) -> torch.Tensor:
@@ -49,10 +51,12 @@ def apply_strokes(x: torch.Tensor, strokes) -> torch.Tensor:
             raise ValueError(f"unit out of range: layer has units 0..{n_units - 1}, got "
                              f"{[int(u) for u in units if u < 0 or u >= n_units]}")
         m = pool_mask(s.mask, grid).to(x.device)
+        if m.dim() == 3 and m.shape[0] != x.shape[0]:
+            raise ValueError(f"{m.shape[0]} per-sample masks for {x.shape[0]} samples")
         if not m.any():
             continue
-        a = torch.zeros(n_units, *grid, device=x.device)
-        a[units] = m
+        a = torch.zeros(m.shape[0] if m.dim() == 3 else 1, n_units, *grid, device=x.device)
+        a[:, units] = m[:, None] if m.dim() == 3 else m
         v = torch.zeros(n_units, 1, 1, device=x.device)
         if s.value is not None:
             v[units] = torch.as_tensor(s.value, dtype=x.dtype, device=x.device).reshape(-1, 1, 1)

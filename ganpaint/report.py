@@ -61,18 +61,8 @@ def unit_strips(result: dict, source, layer: str, units=None, n=STRIP, thumb=THU
 
 
 def detector_chart(lay: dict, path: Path, title: str):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    det = lay["detectors"]
-    fig, ax = plt.subplots(figsize=(max(4, 0.5 * len(det) + 2), 3), dpi=100)
-    ax.bar(list(det), list(det.values()), color="#4a7ab5")
-    ax.set_ylabel(f"units (IoU ≥ {DETECTOR_IOU})")
-    ax.set_title(title)
-    plt.setp(ax.get_xticklabels(), rotation=45, ha="right")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    from .plots import bar_chart
+    bar_chart(lay["detectors"], path, title, f"units (IoU ≥ {DETECTOR_IOU})")
 
 
 def make_report(out_dir, result: dict, source, log=print):

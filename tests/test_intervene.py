@@ -64,6 +64,14 @@ def test_partial_mask_blends():
     assert torch.allclose(out[0, 0], torch.full((2, 2), 1 * 0.75 + 3 * 0.25))
 
 
+def test_per_sample_masks(painter):
+    m = torch.zeros(2, 8, 8)
+    m[1, 4:, 4:] = 1
+    out = painter.render(z(painter), [Stroke(list(range(8)), m)])
+    base = painter.render(z(painter))
+    assert torch.equal(out[0], base[0]) and not torch.equal(out[1], base[1])
+
+
 def test_mask_pooling_is_max():
     m = torch.zeros(64, 64)
     m[10, 10] = 1
@@ -76,7 +84,9 @@ def test_bad_inputs(painter):
         painter.stroke("tree", torch.ones(8, 8))
     with pytest.raises(ValueError, match="unit out of range"):
         painter.render(z(painter), [Stroke([99], torch.ones(8, 8))])
-    with pytest.raises(ValueError, match="2-D"):
-        painter.render(z(painter), [Stroke([0], torch.ones(1, 8, 8))])
+    with pytest.raises(ValueError, match=r"\(H, W\)"):
+        painter.render(z(painter), [Stroke([0], torch.ones(1, 1, 8, 8))])
+    with pytest.raises(ValueError, match="per-sample masks"):
+        painter.render(z(painter), [Stroke([0], torch.ones(3, 8, 8))])
     with pytest.raises(ValueError, match="action"):
         painter.stroke("red", torch.ones(8, 8), action="smudge")

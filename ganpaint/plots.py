@@ -1,0 +1,41 @@
+"""Figures people look at: detector counts, ablation curves, insertion-by-context bars."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def bar_chart(values: dict, path: Path, title: str, ylabel: str, color="#4a7ab5"):
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(4, 0.55 * len(values) + 2), 3.2), dpi=100)
+    ax.bar(list(values), list(values.values()), color=color)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    plt.setp(ax.get_xticklabels(), rotation=45, ha="right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def ablation_curve(result: dict, path: Path):
+    """Portion of the concept's pixels removed vs number of units ablated, ranked vs random."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3.4), dpi=100)
+    ax.plot(result["k"], result["removed"], "o-", label=f"top-k {result['concept']} units (by IoU)")
+    ax.plot(result["k"], result["random_removed"], "s--", color="gray", label="k random units")
+    ax.set_xlabel("units ablated (k)")
+    ax.set_ylabel(f"portion of {result['concept']} pixels removed")
+    where = "where the concept is (local)" if result.get("local") else "everywhere"
+    ax.set_title(f"{result['layer']}: ablating {where}, {result['samples']} samples")
+    ax.set_ylim(min(-0.1, min(result["removed"] + result["random_removed"]) - 0.05), 1.0)
+    ax.axhline(0, color="black", lw=0.5)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
