@@ -95,6 +95,34 @@ def _device(a):
     return a.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
+@command("eval-gan", "measure a scene generator against the quality bars (class balance, FD, dissection, causal effects)")
+def _eval_gan(p):
+    _model_args(p)
+    p.add_argument("--dissection", default=None,
+                   help="dissection directory of the model (default for scenes: models/dissection)")
+    p.add_argument("--samples", type=int, default=1000)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    def run(a):
+        from pathlib import Path
+        from . import registry
+        from .dissect import load_dissection
+        from .evaluate import check_bars, eval_gan
+        dev = _device(a)
+        g = registry.load_generator(a.model, dev, a.model_arg)
+        seg = registry.load_segmenter(a.segmenter, dev, a.segmenter_arg)
+        ddir = a.dissection or (Path(__file__).resolve().parent.parent / "models" / "dissection"
+                                if a.model == "scenes" else None)
+        d = load_dissection(ddir) if ddir and Path(ddir).exists() else None
+        r = eval_gan(g, seg, d, a.samples, progress=not a.json)
+        if a.json:
+            print(json.dumps(r))
+            return
+        for name, ok, figures in check_bars(r):
+            print(f"{'PASS' if ok else 'FAIL'}  {name:<26} {figures}")
+    return run
+
+
 @command("dissect", "dissect layers of a generator: IoU of every unit with every concept")
 def _dissect(p):
     _model_args(p)

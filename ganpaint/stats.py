@@ -62,12 +62,12 @@ class TailStats:
         edges = torch.cat([q, upper], 1)
         span = (edges[:, -1] - edges[:, 0]).abs() + edges[:, 0].abs() + 1e-6
         edges = edges + torch.arange(self.bins + 1, dtype=torch.float64)[None] * span[:, None] * 1e-9
-        self.edges = torch.cummax(edges, 1).values
+        self.edges = torch.cummax(edges, 1).values.to(torch.float32).to(torch.float64)
 
     def _global_edges(self):
         """All units' edges on one sorted axis: unit u occupies [4u, 4u + 1]."""
         e0 = self.edges[:, :1]
-        span = self.edges[:, -1:] - e0
+        span = (self.edges[:, -1:] - e0).clamp(min=1e-12)
         norm = (self.edges - e0) / span
         u = torch.arange(self.units, dtype=torch.float64)[:, None]
         return (4 * u + norm).reshape(-1), e0[:, 0], span[:, 0]
@@ -78,11 +78,13 @@ class TailStats:
         if self.edges is None:
             raise RuntimeError("init_edges() must be called before update()")
         n, u, s1, s2 = act.shape
-        v = act.detach().permute(1, 0, 2, 3).reshape(u, -1).to("cpu", torch.float64)
+        act = act.detach().to("cpu", torch.float32)
         labels = seg.reshape(-1).to("cpu", torch.int64)
-        mask = v >= self.edges[:, :1]
-        unit, pix = mask.nonzero(as_tuple=True)
-        vals = v[unit, pix]
+        # edges are float32 numbers, so this float32 test equals the float64 one
+        floor = self.edges[:, 0].to(torch.float32)
+        sample, unit, y, x = (act >= floor[None, :, None, None]).nonzero(as_tuple=True)
+        vals = act[sample, unit, y, x].to(torch.float64)
+        pix = (sample * s1 + y) * s2 + x
         gedges, e0, span = self._global_edges()
         w = ((vals - e0[unit]) / span[unit]).clamp(max=2.0)
         key = 4 * unit.to(torch.float64) + w

@@ -1,0 +1,71 @@
+"""Dissection cost vs just running generator + segmenter, and peak memory vs sample count.
+
+For the shipped scene GAN (layer4) and a randomly initialised ProGAN-256-shaped generator
+(layer4: 512 units at 8×8). Each measurement runs in a fresh process (peak RSS is per process).
+Targets: time ratio ≤ 1.2; peak memory at 4× the samples within 10% of 1×.
+Usage: python bench/dissect_bench.py [--samples 64] [--progan-samples 16]
+"""
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CHILD = r"""
+import json, resource, sys, tempfile, time, torch
+from ganpaint import registry
+from ganpaint.dissect import dissect
+from ganpaint.sources import GeneratorSource
+model, layer, samples, batch, mode, seg_size = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], int(sys.argv[6])
+g = registry.load_generator(model)
+src = GeneratorSource(g, registry.load_segmenter("scenes"), 0, seg_size or None)
+src.batch([0], [layer])  # warm up
+t = time.perf_counter()
+if mode == "models":
+    for i in range(0, samples, batch):
+        src.batch(list(range(i, min(samples, i + batch))), [layer])
+else:
+    dissect(src, [layer], tempfile.mkdtemp(), samples, batch_size=batch, progress=False, report=False, log=lambda *a: None)
+dt = time.perf_counter() - t
+print(json.dumps({"seconds_per_sample": dt / samples, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def child(*args):
+    out = subprocess.run([sys.executable, "-c", CHILD, *map(str, args)], cwd=ROOT, check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def bench(name, model, layer, samples, batch, seg_size=0):
+    base = child(model, layer, samples, batch, "models", seg_size)
+    full = child(model, layer, samples, batch, "dissect", seg_size)
+    big = child(model, layer, 4 * samples, batch, "dissect", seg_size)
+    ratio = full["seconds_per_sample"] / base["seconds_per_sample"]
+    growth = big["peak_rss_mb"] / full["peak_rss_mb"] - 1
+    print(f"{name}: generator+segmenter {base['seconds_per_sample'] * 1000:.1f} ms/sample, "
+          f"dissection {full['seconds_per_sample'] * 1000:.1f} ms/sample, ratio {ratio:.2f} (target ≤ 1.2)")
+    print(f"{name}: peak memory {full['peak_rss_mb']:.0f} MB at {samples} samples, "
+          f"{big['peak_rss_mb']:.0f} MB at {4 * samples} ({growth * 100:+.1f}%, target within ±10%)")
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--samples", type=int, default=256)
+    p.add_argument("--progan-samples", type=int, default=16)
+    a = p.parse_args()
+    bench("scenes layer4", "scenes", "layer4", a.samples, 32)
+    import torch
+    sys.path.insert(0, str(ROOT))
+    from tests.test_progan import release_state_dict
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "random_progan256.pth"
+        torch.save(release_state_dict(), path)
+        bench("ProGAN-256 (random) layer4, labels at 256 px", f"progan:{path}", "layer4",
+              a.progan_samples, 4)
+
+
+if __name__ == "__main__":
+    main()

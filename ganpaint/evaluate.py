@@ -1,0 +1,92 @@
+"""Quality of a scene generator, measured with the shipped segmenter (the bars of the model card).
+
+class balance (pixel fractions per concept, generated vs rendered), a Fréchet distance on the
+segmenter's deepest features (next to the floor: two disjoint sets of renders), and, given a
+dissection, the best unit IoUs and the causal effects (tree ablation, door insertion by context).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .scenes import HELDOUT_SEED, render_batch, to_tensor_images
+
+
+def frechet(a: np.ndarray, b: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets (N, D)."""
+    from scipy import linalg
+    mu1, mu2 = a.mean(0), b.mean(0)
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean, _ = linalg.sqrtm(s1 @ s2, disp=False)
+    covmean = covmean.real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
+
+
+def _fractions(labels_iter, concepts):
+    counts = np.zeros(len(concepts), np.int64)
+    for lab in labels_iter:
+        counts += np.bincount(lab.reshape(-1).cpu().numpy(), minlength=len(concepts))
+    return {c: float(v / counts.sum()) for c, v in zip(concepts, counts)}
+
+
+def eval_gan(generator, segmenter, dissection=None, samples=1000, batch_size=50, seed=1,
+             progress=True) -> dict:
+    concepts = segmenter.concepts
+    size = None
+    gen_feats, gen_labels, ren_feats, ren_labels, floor_feats = [], [], [], [], []
+    for i in tqdm(range(0, samples, batch_size), disable=not progress, desc="eval-gan"):
+        idx = list(range(i, min(samples, i + batch_size)))
+        imgs = generator(generator.latents(idx, seed))
+        size = imgs.shape[-1]
+        gen_feats.append(segmenter.features(imgs).cpu().numpy())
+        gen_labels.append(segmenter.segment(imgs))
+        for feats, labels, offset in ((ren_feats, ren_labels, 0), (floor_feats, None, samples)):
+            r, _ = render_batch([HELDOUT_SEED + 500_000 + offset + j for j in idx], size)
+            r = to_tensor_images(r)
+            feats.append(segmenter.features(r).cpu().numpy())
+            if labels is not None:
+                labels.append(segmenter.segment(r))
+    result = {"samples": samples,
+              "fractions": {"generated": _fractions(gen_labels, concepts),
+                            "renders": _fractions(ren_labels, concepts)},
+              "fd": frechet(np.concatenate(gen_feats), np.concatenate(ren_feats)),
+              "fd_floor": frechet(np.concatenate(floor_feats), np.concatenate(ren_feats))}
+    if dissection is not None:
+        from . import experiments
+        from .intervene import Painter
+        painter = Painter(generator, dissection)
+        lay = dissection["layers"][painter.layer]
+        result["layer"] = painter.layer
+        result["best_iou"] = {c: (r[0]["iou"] if r else 0.0) for c, r in lay["ranking"].items()}
+        n = min(samples, 500)
+        ab = experiments.ablation(painter, segmenter, "tree", [20], n, progress=progress)
+        result["tree_removed_top20"] = ab["removed"][0]
+        result["tree_change_random20"] = abs(ab["random_removed"][0])
+        ins = experiments.insertion(painter, segmenter, "door", 20, n, progress=progress)
+        ctx = ins["context"]
+        result["door_gain_wall"] = ctx.get("building", {}).get("mean_added", 0.0)
+        result["door_gain_sky"] = ctx.get("sky", {}).get("mean_added", 0.0)
+        result["door_context"] = ctx
+    return result
+
+
+def check_bars(r: dict) -> list[tuple[str, bool, str]]:
+    """The issue's quality bars as (name, passed, figures) rows."""
+    rows = []
+    g, ren = r["fractions"]["generated"], r["fractions"]["renders"]
+    for c in ("sky", "grass", "tree", "building", "roof", "window"):
+        rel = g[c] / max(ren[c], 1e-9) - 1
+        rows.append((f"fraction {c}", abs(rel) <= 0.35, f"{g[c]:.4f} vs {ren[c]:.4f} ({rel:+.0%})"))
+    rows.append(("fraction door", g["door"] >= 0.5 * ren["door"], f"{g['door']:.4f} vs {ren['door']:.4f}"))
+    rows.append(("Fréchet distance", True, f"{r['fd']:.3f} (floor {r['fd_floor']:.3f})"))
+    if "best_iou" in r:
+        bars = {"sky": .25, "grass": .25, "building": .25, "tree": .15, "window": .15, "door": .08}
+        for c, t in bars.items():
+            v = r["best_iou"].get(c, 0.0)
+            rows.append((f"best IoU {c}", v >= t, f"{v:.3f} (bar {t})"))
+        rows.append(("tree removed by top-20", r["tree_removed_top20"] >= 0.6, f"{r['tree_removed_top20']:.3f} (bar 0.6)"))
+        rows.append(("tree change by random-20", r["tree_change_random20"] < 0.15, f"{r['tree_change_random20']:.3f} (bar < 0.15)"))
+        w, s = r["door_gain_wall"], r["door_gain_sky"]
+        rows.append(("door on wall vs sky", w >= 5 * max(s, 0) and w > 0, f"{w:.2f} vs {s:.2f} px"))
+    return rows

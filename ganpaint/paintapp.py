@@ -1,0 +1,251 @@
+"""The painting app's logic and layout (app.py only parses flags and launches it).
+
+State lives on the server, per session (`gr.State`): the scene's seed and the list of strokes.
+Every image shown is regenerated from them by the intervention engine (the painting layer's
+output is cached per latent), never from the browser's re-encoded picture, so undo is exact
+and no edit can leak from one session into another.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .intervene import Painter, Stroke
+from .ranking import concept_table, rank_units
+from .scenes import to_uint8_images
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+VIEW = 512  # displayed size of the scene
+STRENGTHS = {"low (4 units)": 4, "medium (10 units)": 10, "high (20 units)": 20}
+
+
+@dataclass
+class Session:
+    seed: int = 0
+    strokes: list = field(default_factory=list)  # dicts: concept, action, units, boost, mask
+
+
+class PaintApp:
+    """Everything the UI calls; usable (and tested) without a browser."""
+
+    def __init__(self, generator, dissection: dict, segmenter=None, layer=None, out_dir=None):
+        self.painter = Painter(generator, dissection, layer)
+        self.segmenter = segmenter
+        self.dissection = dissection
+        self.lock = threading.Lock()  # one generator call at a time across sessions
+        self.out_dir = Path(out_dir or tempfile.mkdtemp(prefix="ganpaint-"))
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        table = concept_table(dissection, self.painter.layer)
+        self.concepts = [r["concept"] for r in table if r["best_iou"] > 0]
+        grid = dissection["layers"][self.painter.layer]
+        self.units = grid["units"]
+        self.grid = generator.layer_shapes([self.painter.layer])[self.painter.layer][1:]
+
+    # -- rendering --------------------------------------------------------------------------
+    def latent(self, seed: int) -> torch.Tensor:
+        return self.painter.generator.latents([int(seed)], seed=0)
+
+    def strokes(self, session: Session):
+        out = []
+        for s in session.strokes:
+            st = self.painter.stroke(s["concept"], s["mask"], s["action"], s["units"], s["boost"])
+            out.append(st)
+        return out
+
+    def image(self, session: Session) -> np.ndarray:
+        """The session's scene with its strokes, at the model's resolution (uint8 HxWx3)."""
+        with self.lock:
+            x = self.painter.render(self.latent(session.seed), self.strokes(session))
+        return to_uint8_images(x)[0]
+
+    @staticmethod
+    def view(img: np.ndarray, size=VIEW) -> np.ndarray:
+        return np.asarray(Image.fromarray(img).resize((size, size), Image.LANCZOS))
+
+    def grid_overlay(self, img: np.ndarray, session: Session) -> np.ndarray:
+        """The scene with the feature grid drawn faintly and the cells touched by strokes tinted."""
+        out = self.view(img).astype(np.float32)
+        h, w = self.grid
+        ch, cw = VIEW // h, VIEW // w
+        for s in session.strokes:
+            cells = torch.nn.functional.adaptive_max_pool2d(
+                torch.as_tensor(s["mask"], dtype=torch.float32)[None, None], (h, w))[0, 0].numpy()
+            color = np.array((255, 80, 80) if s["action"] == "remove" else (80, 200, 255), np.float32)
+            for y, x in zip(*np.nonzero(cells)):
+                out[y * ch:(y + 1) * ch, x * cw:(x + 1) * cw] = 0.6 * out[y * ch:(y + 1) * ch, x * cw:(x + 1) * cw] + 0.4 * color
+        out[::ch, :] = 0.5 * out[::ch, :] + 127
+        out[:, ::cw] = 0.5 * out[:, ::cw] + 127
+        return out.clip(0, 255).astype(np.uint8)
+
+    def save(self, img: np.ndarray, session: Session) -> str:
+        """Write the edited scene as a PNG file (downloads are served as files)."""
+        fd, path = tempfile.mkstemp(prefix=f"scene{session.seed}_", suffix=".png", dir=self.out_dir)
+        os.close(fd)
+        Image.fromarray(self.view(img)).save(path)
+        return path
+
+    # -- handlers -----------------------------------------------------------------------------
+    def outputs(self, session: Session, message: str):
+        img = self.image(session)
+        view = self.view(img)
+        editor = {"background": view, "layers": [], "composite": view}
+        return editor, session, self.grid_overlay(img, session), self.save(img, session), message
+
+    def new_scene(self, seed, session: Session | None = None):
+        session = Session(seed=int(seed) if seed is not None else 0)
+        return self.outputs(session, f"scene {session.seed}: paint on it")
+
+    def random_scene(self, session: Session | None = None):
+        seed = int(np.random.default_rng().integers(0, 100000))
+        return (*self.new_scene(seed), seed)
+
+    @staticmethod
+    def brush_mask(editor) -> np.ndarray | None:
+        """The painted pixels of the editor's layers as a bool (H, W) mask, or None if empty."""
+        if not editor:
+            return None
+        layers = [l for l in (editor.get("layers") or []) if l is not None]
+        if not layers:
+            return None
+        m = np.zeros(np.asarray(layers[0]).shape[:2], bool)
+        for l in layers:
+            a = np.asarray(l)
+            m |= (a[..., 3] > 0) if a.ndim == 3 and a.shape[2] == 4 else (a.reshape(*a.shape[:2], -1).max(-1) > 0)
+        return m if m.any() else None
+
+    def paint(self, editor, session: Session, concept: str, action: str, strength: str,
+              boost: float):
+        session = session or Session()
+        mask = self.brush_mask(editor)
+        if mask is None:
+            return self.outputs(session, "nothing painted: draw a stroke on the scene first")
+        units = STRENGTHS.get(strength, strength)
+        stroke = {"concept": concept, "action": "remove" if action.startswith("remove") else "draw",
+                  "units": int(units), "boost": float(boost), "mask": mask}
+        self.painter.stroke(concept, mask, stroke["action"], stroke["units"])  # validates
+        session = Session(session.seed, session.strokes + [stroke])
+        return self.outputs(session, f"{stroke['action']} {concept} with {units} units "
+                                     f"({len(session.strokes)} strokes)")
+
+    def undo(self, session: Session):
+        session = session or Session()
+        if not session.strokes:
+            return self.outputs(session, "nothing to undo")
+        session = Session(session.seed, session.strokes[:-1])
+        return self.outputs(session, f"undone ({len(session.strokes)} strokes left)")
+
+    def reset(self, session: Session):
+        session = session or Session()
+        return self.outputs(Session(session.seed), "back to the unedited scene")
+
+    # -- units and ablation tabs -----------------------------------------------------------
+    def unit_gallery(self, concept: str, top: int = 12):
+        """[(strip image, caption)] for the concept's best units, plus a table of them."""
+        from .report import unit_strips
+        from .sources import GeneratorSource
+        rows = rank_units(self.dissection, concept, self.painter.layer, top)
+        src = GeneratorSource(self.painter.generator, None, self.dissection.get("seed", 0))
+        with self.lock:
+            strips = unit_strips(self.dissection, src, self.painter.layer, [r["unit"] for r in rows], n=4)
+        items = [(strips[r["unit"]], f"unit {r['unit']} · IoU {r['iou']:.3f}") for r in rows]
+        table = [[r["rank"], r["unit"], round(r["iou"], 4), round(r["level"], 3)] for r in rows]
+        return items, table
+
+    def unit_concepts(self, unit: int):
+        stats = self.dissection["layers"][self.painter.layer]["unit_stats"]
+        unit = int(unit)
+        if not 0 <= unit < len(stats):
+            raise ValueError(f"unit must be in 0..{len(stats) - 1}")
+        return [[c, round(v, 4)] for c, v in stats[unit]["top"]]
+
+    def ablate_view(self, concept: str, k: int, seed: int, samples: int = 4):
+        """Scenes before / after zeroing the concept's top-k units everywhere."""
+        from .ranking import top_units
+        units = top_units(self.dissection, concept, self.painter.layer, int(k))
+        z = self.painter.generator.latents(range(int(seed), int(seed) + samples), seed=0)
+        with self.lock:
+            before = to_uint8_images(self.painter.render(z))
+            after = to_uint8_images(self.painter.render(z, [Stroke(units, torch.ones(*self.grid))]))
+        big = lambda imgs: np.concatenate([self.view(i, 192) for i in imgs], 1)
+        return big(before), big(after)
+
+
+def build_demo(app: PaintApp, curves_dir: Path | None = None):
+    import gradio as gr
+    concepts = app.concepts
+    default = "tree" if "tree" in concepts else concepts[0]
+    with gr.Blocks(title="ganpaint") as demo:
+        session = gr.State(Session())
+        gr.Markdown("# ganpaint — paint with the units of a GAN\n"
+                    f"Model `{app.dissection['model']}`, layer `{app.painter.layer}` "
+                    f"({app.units} units on a {app.grid[0]}×{app.grid[1]} grid: each brush stroke "
+                    "acts on whole grid cells).")
+        with gr.Tab("Paint"):
+            with gr.Row():
+                with gr.Column(scale=3):
+                    editor = gr.ImageEditor(
+                        value=None, type="numpy", label="scene (paint here)", height=VIEW + 80,
+                        width=VIEW, canvas_size=(VIEW, VIEW), fixed_canvas=True, sources=(),
+                        brush=gr.Brush(default_size=24, colors=["#ff3090"], color_mode="fixed"),
+                        layers=False, transforms=(), elem_id="canvas")
+                with gr.Column(scale=2):
+                    concept = gr.Dropdown(concepts, value=default, label="concept", elem_id="concept")
+                    action = gr.Radio(["draw", "remove"], value="draw", label="action", elem_id="action")
+                    strength = gr.Radio(list(STRENGTHS), value="medium (10 units)", label="strength")
+                    boost = gr.Slider(0.5, 3.0, value=1.0, step=0.1, label="boost (× the 99th-percentile level)")
+                    apply_btn = gr.Button("apply stroke", variant="primary", elem_id="apply")
+                    with gr.Row():
+                        undo_btn = gr.Button("undo", elem_id="undo")
+                        reset_btn = gr.Button("reset", elem_id="reset")
+                    with gr.Row():
+                        seed = gr.Number(value=0, precision=0, label="seed", elem_id="seed")
+                        load_btn = gr.Button("load seed", elem_id="load")
+                        rand_btn = gr.Button("new scene", elem_id="random")
+                    status = gr.Textbox(label="status", interactive=False, elem_id="status")
+                    grid_view = gr.Image(label="feature cells touched (grid of the painting layer)",
+                                         interactive=False, height=256, elem_id="grid")
+                    download = gr.File(label="download the edited scene", elem_id="download")
+            outs = [editor, session, grid_view, download, status]
+            load_btn.click(app.new_scene, [seed, session], outs, concurrency_limit=2)
+            rand_btn.click(app.random_scene, [session], outs + [seed], concurrency_limit=2)
+            apply_btn.click(app.paint, [editor, session, concept, action, strength, boost], outs,
+                            concurrency_limit=2)
+            undo_btn.click(app.undo, [session], outs, concurrency_limit=2)
+            reset_btn.click(app.reset, [session], outs, concurrency_limit=2)
+            demo.load(app.new_scene, [seed, session], outs)
+        with gr.Tab("Units"):
+            with gr.Row():
+                u_concept = gr.Dropdown(concepts, value=default, label="concept")
+                u_show = gr.Button("show units")
+            gallery = gr.Gallery(label="top units: their top-activating scenes, region above the level outlined",
+                                 columns=2, height=600)
+            u_table = gr.Dataframe(headers=["rank", "unit", "IoU", "level"], label="ranking")
+            with gr.Row():
+                u_unit = gr.Number(value=0, precision=0, label="unit")
+                u_btn = gr.Button("best concepts of this unit")
+            u_best = gr.Dataframe(headers=["concept", "IoU"], label="best concepts")
+            u_show.click(app.unit_gallery, [u_concept], [gallery, u_table])
+            u_btn.click(app.unit_concepts, [u_unit], [u_best])
+        with gr.Tab("Ablation"):
+            with gr.Row():
+                a_concept = gr.Dropdown(concepts, value=default, label="concept")
+                a_k = gr.Slider(0, 40, value=20, step=1, label="k units ablated")
+                a_seed = gr.Number(value=0, precision=0, label="first seed")
+                a_btn = gr.Button("ablate")
+            a_before = gr.Image(label="before", interactive=False)
+            a_after = gr.Image(label="after ablating the top-k units everywhere", interactive=False)
+            curve = gr.Image(label="ablation curve (from `ganpaint ablate`)", interactive=False)
+
+            def ablate(c, k, s):
+                before, after = app.ablate_view(c, k, s)
+                path = curves_dir / f"ablate_{c}.png" if curves_dir else None
+                return before, after, (str(path) if path and path.exists() else None)
+            a_btn.click(ablate, [a_concept, a_k, a_seed], [a_before, a_after, curve])
+    return demo
