@@ -22,16 +22,22 @@ def _threads(args):
         torch.set_num_threads(args.threads)
 
 
+def _train_args(p, name, steps):
+    """Arguments every training command shares (run directory for resuming, export, device)."""
+    run_dir = "runs/gan" if name == "scenegan" else f"runs/{name}"
+    p.add_argument("--out", default=run_dir, help="run directory (state for resuming)")
+    p.add_argument("--export", default=f"models/{name}.pt", help="where the final weights go")
+    p.add_argument("--steps", type=int, default=steps)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default=None)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+
+
 @command("train-segmenter", "train the scene segmenter on rendered scenes (resumable)")
 def _train_segmenter(p):
-    p.add_argument("--out", default="runs/segmenter", help="run directory (state for resuming)")
-    p.add_argument("--export", default="models/segmenter.pt", help="where the final weights go")
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--batch-size", type=int, default=32)
+    _train_args(p, "segmenter", 3000)
     p.add_argument("--resolution", type=int, default=64)
     p.add_argument("--width", type=int, default=24)
-    p.add_argument("--device", default=None)
-    p.add_argument("--threads", type=int, default=None)
 
     def run(a):
         from .train_segmenter import train
@@ -63,14 +69,9 @@ def _eval_segmenter(p):
 
 @command("train-gan", "train the scene GAN on rendered scenes (resumable)")
 def _train_gan(p):
-    p.add_argument("--out", default="runs/gan", help="run directory (state for resuming)")
-    p.add_argument("--export", default="models/scenegan.pt", help="where the EMA weights go")
-    p.add_argument("--steps", type=int, default=20000)
-    p.add_argument("--batch-size", type=int, default=32)
+    _train_args(p, "scenegan", 20000)
     p.add_argument("--lr-g", type=float, default=1e-3)
     p.add_argument("--lr-d", type=float, default=4e-4)
-    p.add_argument("--device", default=None)
-    p.add_argument("--threads", type=int, default=None)
 
     def run(a):
         from .scenegan import train

@@ -36,7 +36,16 @@ def init_distributed():
     """Join the process group when launched by torchrun (WORLD_SIZE > 1)."""
     import torch.distributed as dist
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            dist.init_process_group("nccl")
+        else:
+            dist.init_process_group("gloo")
+
+
+def _comm_device(dist):
+    """NCCL moves CUDA tensors only; gloo CPU ones."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
 def upsampled(act: torch.Tensor, size: int) -> torch.Tensor:
@@ -150,26 +159,32 @@ def _start(source, layers, concepts, quantile, bins, topk, batch_size, samples, 
         else:
             st.edges = torch.zeros(units, bins + 1, dtype=torch.float64)
         if dist is not None:
-            dist.broadcast(st.edges, src=0)
+            edges = st.edges.to(_comm_device(dist))
+            dist.broadcast(edges, src=0)
+            st.edges = edges.cpu()
         stats[name] = st
     return stats, ((acts, labels) if rank == 0 else None)
 
 
 def _reduce(stats, dist, world):
+    """Sum every rank's counts and merge the top-k lists; every rank ends with the totals."""
+    dev = _comm_device(dist)
     for st in stats.values():
-        dist.all_reduce(st.joint)
-        dist.all_reduce(st.concept_pixels)
-        pixels = torch.tensor([st.pixels], dtype=torch.int64)
-        dist.all_reduce(pixels)
-        st.pixels = int(pixels.item())
-        vals = [torch.zeros_like(st.top_values) for _ in range(world)]
-        idx = [torch.zeros_like(st.top_index) for _ in range(world)]
-        dist.all_gather(vals, st.top_values.contiguous())
-        dist.all_gather(idx, st.top_index.contiguous())
+        st._flush()
+        counts = [st.joint, st.concept_pixels, torch.tensor([st.pixels], dtype=torch.int64)]
+        for t in counts:
+            on = t.to(dev)
+            dist.all_reduce(on)
+            t.copy_(on.cpu())
+        st.pixels = int(counts[2].item())
+        vals = [torch.zeros_like(st.top_values, device=dev) for _ in range(world)]
+        idx = [torch.zeros_like(st.top_index, device=dev) for _ in range(world)]
+        dist.all_gather(vals, st.top_values.contiguous().to(dev))
+        dist.all_gather(idx, st.top_index.contiguous().to(dev))
         st.top_values = torch.full((st.units, 0), float("-inf"))
         st.top_index = torch.zeros((st.units, 0), dtype=torch.int64)
         for v, i in zip(vals, idx):
-            st._merge_top(v, i)
+            st._merge_top(v.cpu(), i.cpu())
 
 
 def summarize(settings, concepts, stats) -> dict:

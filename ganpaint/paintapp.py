@@ -88,7 +88,7 @@ class PaintApp:
         """Write the edited scene as a PNG file (downloads are served as files)."""
         fd, path = tempfile.mkstemp(prefix=f"scene{session.seed}_", suffix=".png", dir=self.out_dir)
         os.close(fd)
-        Image.fromarray(self.view(img)).save(path)
+        Image.fromarray(self.view(img)).save(path, compress_level=1)
         return path
 
     # -- handlers -----------------------------------------------------------------------------

@@ -64,13 +64,28 @@ class TailStats:
         edges = edges + torch.arange(self.bins + 1, dtype=torch.float64)[None] * span[:, None] * 1e-9
         self.edges = torch.cummax(edges, 1).values.to(torch.float32).to(torch.float64)
 
-    def _global_edges(self):
-        """All units' edges on one sorted axis: unit u occupies [4u, 4u + 1]."""
-        e0 = self.edges[:, :1]
-        span = (self.edges[:, -1:] - e0).clamp(min=1e-12)
-        norm = (self.edges - e0) / span
-        u = torch.arange(self.units, dtype=torch.float64)[:, None]
-        return (4 * u + norm).reshape(-1), e0[:, 0], span[:, 0]
+    def _on(self, device):
+        """Bins and accumulators on `device` (counting happens where the activations are)."""
+        if getattr(self, "_device", None) != device:
+            self._flush()
+            e0 = self.edges[:, :1]
+            span = (self.edges[:, -1:] - e0).clamp(min=1e-12)
+            u = torch.arange(self.units, dtype=torch.float64)[:, None]
+            # all units' edges on one sorted axis: unit u occupies [4u, 4u + 1]
+            self._gedges = (4 * u + (self.edges - e0) / span).reshape(-1).to(device)
+            self._e0, self._span = e0[:, 0].to(device), span[:, 0].to(device)
+            self._floor = self.edges[:, 0].to(device, torch.float32)
+            self._acc = torch.zeros_like(self.joint, device=device)
+            self._acc_cp = torch.zeros_like(self.concept_pixels, device=device)
+            self._device = device
+
+    def _flush(self):
+        """Move the device-side counts into the CPU totals."""
+        if getattr(self, "_acc", None) is not None:
+            self.joint += self._acc.cpu()
+            self.concept_pixels += self._acc_cp.cpu()
+            self._acc.zero_()
+            self._acc_cp.zero_()
 
     # -- accumulation ---------------------------------------------------------------------
     def update(self, act: torch.Tensor, seg: torch.Tensor) -> None:
@@ -78,20 +93,19 @@ class TailStats:
         if self.edges is None:
             raise RuntimeError("init_edges() must be called before update()")
         n, u, s1, s2 = act.shape
-        act = act.detach().to("cpu", torch.float32)
-        labels = seg.reshape(-1).to("cpu", torch.int64)
+        act = act.detach().float()
+        self._on(act.device)
+        labels = seg.reshape(-1).to(act.device, torch.int64)
         # edges are float32 numbers, so this float32 test equals the float64 one
-        floor = self.edges[:, 0].to(torch.float32)
-        sample, unit, y, x = (act >= floor[None, :, None, None]).nonzero(as_tuple=True)
+        sample, unit, y, x = (act >= self._floor[None, :, None, None]).nonzero(as_tuple=True)
         vals = act[sample, unit, y, x].to(torch.float64)
         pix = (sample * s1 + y) * s2 + x
-        gedges, e0, span = self._global_edges()
-        w = ((vals - e0[unit]) / span[unit]).clamp(max=2.0)
+        w = ((vals - self._e0[unit]) / self._span[unit]).clamp(max=2.0)
         key = 4 * unit.to(torch.float64) + w
-        g = torch.searchsorted(gedges, key, right=True) - 1  # = unit * (bins + 1) + bin
+        g = torch.searchsorted(self._gedges, key, right=True) - 1  # = unit * (bins + 1) + bin
         idx = g * self.concepts + labels[pix]
-        self.joint += torch.bincount(idx, minlength=self.joint.numel())
-        self.concept_pixels += torch.bincount(labels, minlength=self.concepts)
+        self._acc += torch.bincount(idx, minlength=self.joint.numel())
+        self._acc_cp += torch.bincount(labels, minlength=self.concepts)
         self.pixels += int(labels.numel())
 
     def update_top(self, peaks: torch.Tensor, indices: torch.Tensor) -> None:
@@ -103,6 +117,8 @@ class TailStats:
         """Add another shard's statistics (same bins) into these."""
         if not torch.equal(self.edges, other.edges):
             raise ValueError("cannot merge statistics with different bins")
+        self._flush()
+        other._flush()
         self.joint += other.joint
         self.concept_pixels += other.concept_pixels
         self.pixels += other.pixels
@@ -118,6 +134,7 @@ class TailStats:
 
     # -- persistence ----------------------------------------------------------------------
     def state_dict(self) -> dict:
+        self._flush()
         return {"units": self.units, "concepts": self.concepts, "quantile": self.quantile,
                 "bins": self.bins, "topk": self.topk, "edges": self.edges, "joint": self.joint,
                 "concept_pixels": self.concept_pixels, "pixels": self.pixels,
@@ -132,6 +149,7 @@ class TailStats:
 
     # -- results --------------------------------------------------------------------------
     def _hist(self):
+        self._flush()
         return self.joint.view(self.units, self.bins + 1, self.concepts)
 
     def level(self, quantile: float | None = None):

@@ -1,0 +1,238 @@
+"""The app in a real browser (Debian's headless Chromium driven by Playwright) and through
+gradio_client, against `python app.py` on a free localhost port with the shipped model."""
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    port = free_port()
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"app exited: {proc.stdout.read().decode()[-2000:]}")
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("app did not start within 120 s")
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def model():
+    from ganpaint import registry
+    from ganpaint.dissect import load_dissection
+    from ganpaint.intervene import Painter
+    d = load_dissection(ROOT / "models" / "dissection")
+    g = registry.load_generator("scenes")
+    return Painter(g, d), registry.load_segmenter("scenes")
+
+
+def find_scene(model, concept, min_cells=3):
+    """A seed whose unedited scene has `concept` in at least `min_cells` cells of the grid, and
+    those cells (as a (8, 8) bool array): the stroke goes there."""
+    painter, seg = model
+    c = seg.concepts.index(concept)
+    for seed in range(200):
+        img = painter.render(painter.generator.latents([seed], 0))
+        lab = seg.segment(img)[0]
+        share = torch.nn.functional.avg_pool2d((lab == c).float()[None, None], 8)[0, 0]
+        cells = (share > 0.5).numpy()
+        if cells.sum() >= min_cells:
+            return seed, cells
+    pytest.skip(f"the shipped model drew no {concept} in 200 scenes")
+
+
+def browser():
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("GANPAINT_REQUIRE_BROWSER"):
+            pytest.fail(f"{CHROMIUM} missing (apt-get install chromium)")
+        pytest.skip(f"{CHROMIUM} missing (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+    pw = sync_playwright().start()
+    return pw, pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+
+
+class Page:
+    """One user's browser tab on the app."""
+
+    def __init__(self, b, url):
+        self.ctx = b.new_context(viewport={"width": 1400, "height": 1000})
+        self.pg = self.ctx.new_page()
+        self.pg.goto(url)
+        self.pg.wait_for_function("document.querySelector('#status textarea') && "
+                                  "document.querySelector('#status textarea').value.includes('scene')",
+                                  timeout=60000)
+        self.pg.wait_for_selector("#download a", timeout=60000)
+
+    def status(self):
+        return self.pg.locator("#status textarea").input_value()
+
+    def image(self) -> np.ndarray:
+        href = self.pg.locator("#download a").first.get_attribute("href")
+        return np.asarray(Image.open(io.BytesIO(self.pg.request.get(href).body())).convert("RGB"))
+
+    def wait_change(self, action):
+        old = self.pg.locator("#download a").first.get_attribute("href")
+        old_status = self.status()
+        action()
+        self.pg.wait_for_function(
+            "([h, s]) => { const a = document.querySelector('#download a');"
+            " return a && a.getAttribute('href') !== h && document.querySelector('#status textarea').value !== s; }",
+            arg=[old, old_status], timeout=60000)
+        self.pg.wait_for_timeout(300)
+
+    def load(self, seed):
+        self.pg.locator("#seed input").fill(str(seed))
+        self.wait_change(lambda: self.pg.locator("#load").click())
+        self.pg.wait_for_timeout(1500)  # the canvas redraws its background
+
+    def choose(self, concept, action):
+        self.pg.locator("#concept input").click()
+        self.pg.get_by_role("option", name=concept, exact=True).click()
+        self.pg.locator("#action").get_by_text(action, exact=True).click()
+
+    def stroke(self, cells):
+        """Drag the brush over the centres of the given (8, 8) grid cells."""
+        canvas = self.pg.locator("#canvas canvas").first.bounding_box()
+        # the 512-px scene is drawn centred in the canvas, scaled to fit
+        scale = min(canvas["width"], canvas["height"]) / 512 * 0.88
+        x0 = canvas["x"] + canvas["width"] / 2 - 256 * scale
+        y0 = canvas["y"] + canvas["height"] / 2 - 256 * scale
+        for y, x in zip(*np.nonzero(cells)):
+            px, py = x0 + (x + 0.5) * 64 * scale, y0 + (y + 0.5) * 64 * scale
+            self.pg.mouse.move(px - 6, py)
+            self.pg.mouse.down()
+            self.pg.mouse.move(px + 6, py, steps=4)
+            self.pg.mouse.up()
+
+    def apply(self):
+        self.wait_change(lambda: self.pg.locator("#apply").click())
+
+
+def region(cells, pad=0):
+    """(512, 512) bool: the given grid cells (dilated by `pad` cells) at view resolution."""
+    m = torch.as_tensor(cells, dtype=torch.float32)[None, None]
+    if pad:
+        m = torch.nn.functional.max_pool2d(m, 2 * pad + 1, 1, pad)
+    return torch.nn.functional.interpolate(m, size=(512, 512), mode="nearest")[0, 0].bool().numpy()
+
+
+def concept_pixels(seg, img, concept, mask):
+    x = torch.from_numpy(img.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
+    lab = seg.segment(x, 512)[0].numpy()
+    return int(((lab == seg.concepts.index(concept)) & mask).sum())
+
+
+def test_paint_in_browser(server, model):
+    painter, seg = model
+    pw, b = browser()
+    ARTIFACTS.mkdir(exist_ok=True)
+    try:
+        page = Page(b, server)
+        # remove trees where the scene has them
+        seed, cells = find_scene(model, "tree")
+        page.load(seed)
+        before = page.image()
+        page.choose("tree", "remove")
+        page.stroke(cells)
+        t = time.time()
+        page.apply()
+        latency = time.time() - t
+        after = page.image()
+        diff = np.abs(after.astype(int) - before.astype(int)).sum(-1)
+        inside, far = region(cells), ~region(cells, pad=2)
+        assert diff[inside].mean() > 5, "the stroke region did not change"
+        if far.any():
+            assert diff[far].mean() < 0.2 * diff[inside].mean(), "the edit spread far outside the stroke"
+        t_before = concept_pixels(seg, before, "tree", inside)
+        t_after = concept_pixels(seg, after, "tree", inside)
+        assert t_after < t_before, f"tree pixels in the stroke: {t_before} → {t_after}"
+        page.pg.screenshot(path=str(ARTIFACTS / "paint_remove_tree.png"))
+        # undo restores the previous image exactly
+        page.wait_change(lambda: page.pg.locator("#undo").click())
+        assert np.array_equal(page.image(), before)
+        # draw doors on a building wall
+        seed, cells = find_scene(model, "building")
+        page.load(seed)
+        before = page.image()
+        page.choose("door", "draw")
+        page.stroke(cells)
+        page.apply()
+        after = page.image()
+        inside = region(cells, pad=1)
+        d_before = concept_pixels(seg, before, "door", inside)
+        d_after = concept_pixels(seg, after, "door", inside)
+        assert d_after > d_before, f"door pixels around the stroke: {d_before} → {d_after}"
+        page.pg.screenshot(path=str(ARTIFACTS / "paint_draw_door.png"))
+        print(f"browser round trip for one stroke: {latency:.2f} s")
+    finally:
+        b.close()
+        pw.stop()
+
+
+def test_two_sessions_do_not_share_edits(server, model):
+    pw, b = browser()
+    try:
+        one, two = Page(b, server), Page(b, server)
+        seed, cells = find_scene(model, "tree")
+        one.load(seed)
+        two.load(seed)
+        base = two.image()
+        one.choose("tree", "remove")
+        one.stroke(np.ones((8, 8), bool)[:4])
+        one.apply()
+        assert not np.array_equal(one.image(), base)
+        two.wait_change(lambda: two.pg.locator("#reset").click())
+        assert np.array_equal(two.image(), base)
+        assert "1 strokes" in one.status()
+    finally:
+        b.close()
+        pw.stop()
+
+
+def test_api_with_gradio_client(server):
+    from gradio_client import Client
+    client = Client(server, verbose=False)
+    out = client.predict(7, api_name="/new_scene")
+    editor, grid, download, status = out
+    assert "scene 7" in status
+    img = np.asarray(Image.open(download if isinstance(download, str) else download["path"]))
+    assert img.shape[:2] == (512, 512)
+    again = client.predict(7, api_name="/new_scene")
+    img2 = np.asarray(Image.open(again[2] if isinstance(again[2], str) else again[2]["path"]))
+    assert np.array_equal(img, img2)  # a seed gives the same scene
