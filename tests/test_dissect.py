@@ -121,3 +121,28 @@ def test_report_files(tmp_path):
     strip = Image.open(out / "images" / "layer4" / "unit_0000.png")
     assert strip.size[0] == 5 * strip.size[1]
     assert (out / "images" / "layer4" / "detectors.png").exists()
+
+
+def test_custom_model_args_and_rank_cli(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    base = [sys.executable, "-m", "ganpaint"]
+    r = subprocess.run(base + ["dissect", "--model", "tests.toy:tiny_generator", "--model-arg", "width=4",
+                               "--model-arg", "seed=3", "--segmenter", "tests.toy:toy_segmenter",
+                               "--samples", "32", "--out", str(tmp_path / "d"), "--no-report"],
+                       env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    d = json.loads((tmp_path / "d" / "dissection.json").read_text())
+    assert d["layers"]["layer3"]["units"] == 4  # width=4 reached the model; layer3 preferred
+    r = subprocess.run(base + ["rank", "--dissection", str(tmp_path / "d"), "--concept", "Red",
+                               "--top", "3", "--json"], env=env, cwd=ROOT, capture_output=True,
+                       text=True)
+    rows = json.loads(r.stdout)
+    assert [x["rank"] for x in rows] == list(range(1, len(rows) + 1)) and len(rows) <= 3
+    assert set(rows[0]) == {"rank", "unit", "iou", "level"}
+    r = subprocess.run(base + ["rank", "--dissection", str(tmp_path / "d"), "--concept", "bluish"],
+                       env=env, cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and "Valid concepts: dark, mid, bright, red" in r.stderr
+    r = subprocess.run(base + ["dissect", "--model", "tests.toy:tiny_generator", "--segmenter",
+                               "tests.toy:toy_segmenter", "--layers", "layer9", "--out",
+                               str(tmp_path / "e")], env=env, cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and "unknown layer 'layer9'" in r.stderr and "layer1" in r.stderr
