@@ -6,11 +6,11 @@ average (EMA) of the generator weights is what ships. Resumable from `runs/gan/s
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -91,6 +91,7 @@ def train(out_dir="runs/gan", export_to=DEFAULT_WEIGHTS, steps=20000, batch_size
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     out_dir = Path(out_dir)
     state_path = out_dir / "state.pt"
+    torch.manual_seed(0)  # same initial weights every run: a resumed run equals an unbroken one
     g, d = build_generator().to(device), Discriminator().to(device)
     g_ema = build_generator().to(device).eval()
     g_ema.load_state_dict(g.state_dict())
@@ -104,7 +105,7 @@ def train(out_dir="runs/gan", export_to=DEFAULT_WEIGHTS, steps=20000, batch_size
         step = s["step"]
         log(f"resumed from {state_path} at step {step}")
     stream = SceneStream(g.resolution, batch_size, start=step * batch_size)
-    t0 = time.time()
+    bar = tqdm(total=steps, initial=step, desc=f"train {out_dir.name}", unit="step")
     while step < steps:
         real, _ = next(stream)
         real = real.to(device)
@@ -127,10 +128,9 @@ def train(out_dir="runs/gan", export_to=DEFAULT_WEIGHTS, steps=20000, batch_size
         with torch.no_grad():
             for pe, p in zip(g_ema.parameters(), g.parameters()):
                 pe.lerp_(p, 1 - beta)
+        bar.update(1)
         if step % 25 == 0:
-            log(f"step {step}/{steps} loss_d {loss_d.item():.3f} loss_g {loss_g.item():.3f} "
-                f"{(time.time() - t0) / 25:.2f}s/step")
-            t0 = time.time()
+            bar.set_postfix(loss_d=f"{loss_d.item():.3f}", loss_g=f"{loss_g.item():.3f}")
         if step % 100 == 0 or step == steps:
             checkpoint.save({"g": g.state_dict(), "d": d.state_dict(), "g_ema": g_ema.state_dict(),
                              "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
@@ -138,5 +138,6 @@ def train(out_dir="runs/gan", export_to=DEFAULT_WEIGHTS, steps=20000, batch_size
         if step % 500 == 0 or step == steps:
             export(g_ema, export_to, {"steps": step, "batch_size": batch_size})
             Image.fromarray(sample_grid(g_ema, device=device)).save(out_dir / f"samples_{step:06d}.png")
-            log(f"exported {export_to} at step {step}")
+            bar.write(f"exported {export_to} at step {step}")
+    bar.close()
     return g_ema

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 import torch.nn.functional as F
 
 from . import checkpoint
@@ -16,10 +16,11 @@ from .segmenter import UNet, export
 
 
 def train(out_dir="runs/segmenter", export_to="models/segmenter.pt", steps=3000, batch_size=32,
-          resolution=64, width=24, lr=3e-3, device=None, log=print):
+          resolution=64, width=24, lr=3e-3, device=None, log=print, save_every=200):
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     out_dir = Path(out_dir)
     state_path = out_dir / "state.pt"
+    torch.manual_seed(0)  # same initial weights every run: a resumed run equals an unbroken one
     net = UNet(len(CONCEPTS), width).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     step = 0
@@ -34,7 +35,7 @@ def train(out_dir="runs/segmenter", export_to="models/segmenter.pt", steps=3000,
     weight = (freq.mean() / freq).sqrt().clamp(max=4.0).to(device)
     stream = SceneStream(resolution, batch_size, start=step * batch_size)
     net.train()
-    t0 = time.time()
+    bar = tqdm(total=steps, initial=step, desc=f"train {out_dir.name}", unit="step")
     while step < steps:
         images, labels = next(stream)
         gen = torch.Generator().manual_seed(step)
@@ -47,12 +48,13 @@ def train(out_dir="runs/segmenter", export_to="models/segmenter.pt", steps=3000,
         loss.backward()
         opt.step()
         step += 1
+        bar.update(1)
         if step % 50 == 0 or step == steps:
-            log(f"step {step}/{steps} loss {loss.item():.4f} {(time.time() - t0) / 50:.2f}s/step")
-            t0 = time.time()
-        if step % 200 == 0 or step == steps:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        if step % save_every == 0 or step == steps:
             checkpoint.save({"net": net.state_dict(), "opt": opt.state_dict(), "step": step},
                             state_path)
+    bar.close()
     net.eval()
     export(net.cpu(), export_to, resolution, {"steps": steps, "batch_size": batch_size})
     log(f"exported {export_to}")
