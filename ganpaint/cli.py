@@ -124,16 +124,19 @@ def _eval_gan(p):
     return run
 
 
-@command("dissect", "dissect layers of a generator: IoU of every unit with every concept")
+@command("dissect", "dissect layers of a generator (or a classifier): IoU of every unit with every concept")
 def _dissect(p):
     _model_args(p)
+    p.add_argument("--classifier", default=None,
+                   help="dissect a classifier on the labelled probe set instead: scenes-cnn | package.module:function")
     p.add_argument("--layers", nargs="+", default=None, help="layer names (default: the model's painting layer)")
     p.add_argument("--samples", type=int, default=2000)
     p.add_argument("--out", required=True, help="dissection directory (a partial run there resumes)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--quantile", type=float, default=0.01,
-                   help="top quantile q of each unit's activation (0.01; 0.005 as in Network Dissection)")
+    p.add_argument("--quantile", type=float, default=None,
+                   help="top quantile q of each unit's activation (default 0.01 for generators, "
+                        "0.005 for classifiers as in Network Dissection)")
     p.add_argument("--bins", type=int, default=1024, help="histogram bins per unit (accuracy vs memory)")
     p.add_argument("--seg-size", type=int, default=None, help="label map resolution (default: image size)")
     p.add_argument("--no-report", action="store_true", help="skip report.html and its images")
@@ -141,17 +144,23 @@ def _dissect(p):
     def run(a):
         from . import registry
         from .dissect import dissect, init_distributed
-        from .sources import GeneratorSource
+        from .sources import GeneratorSource, ProbeSource
         init_distributed()
         dev = _device(a)
-        g = registry.load_generator(a.model, dev, a.model_arg)
-        seg = registry.load_segmenter(a.segmenter, dev, a.segmenter_arg)
-        layers = a.layers or [g.paint_layer]
-        if layers == [None]:
-            raise ValueError("this model declares no preferred layer: pass --layers")
-        src = GeneratorSource(g, seg, a.seed, a.seg_size, a.segmenter)
-        dissect(src, layers, a.out, a.samples, a.quantile, a.batch_size, a.bins,
-                report=not a.no_report)
+        if a.classifier:
+            net = registry.load_classifier(a.classifier, dev, a.model_arg)
+            src = ProbeSource(net, a.classifier, seed=a.seed, device=dev)
+            layers = a.layers or ["conv5"]
+            q = 0.005 if a.quantile is None else a.quantile
+        else:
+            g = registry.load_generator(a.model, dev, a.model_arg)
+            seg = registry.load_segmenter(a.segmenter, dev, a.segmenter_arg)
+            layers = a.layers or [g.paint_layer]
+            if layers == [None]:
+                raise ValueError("this model declares no preferred layer: pass --layers")
+            src = GeneratorSource(g, seg, a.seed, a.seg_size, a.segmenter)
+            q = 0.01 if a.quantile is None else a.quantile
+        dissect(src, layers, a.out, a.samples, q, a.batch_size, a.bins, report=not a.no_report)
     return run
 
 
@@ -275,16 +284,27 @@ def _insert(p):
     return run
 
 
+@command("train-classifier", "train the scene-category CNN on rendered scenes (resumable)")
+def _train_classifier(p):
+    _train_args(p, "classifier", 1500)
+
+    def run(a):
+        from .classifier import train
+        _threads(a)
+        train(a.out, a.export, a.steps, a.batch_size, device=a.device)
+    return run
+
+
 @command("models", "list the model ids and segmenters ganpaint can load")
 def _models(p):
     def run(a):
-        from .registry import GENERATORS, SEGMENTERS
-        print("generators (--model):")
-        for k, v in GENERATORS.items():
-            print(f"  {k:<26} {v}")
-        print("segmenters (--segmenter):")
-        for k, v in SEGMENTERS.items():
-            print(f"  {k:<26} {v}")
+        from .registry import CLASSIFIERS, GENERATORS, SEGMENTERS
+        for title, table in (("generators (--model)", GENERATORS),
+                             ("segmenters (--segmenter)", SEGMENTERS),
+                             ("classifiers (--classifier)", CLASSIFIERS)):
+            print(f"{title}:")
+            for k, v in table.items():
+                print(f"  {k:<26} {v}")
     return run
 
 

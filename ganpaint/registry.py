@@ -89,6 +89,26 @@ def load_generator(spec: str = "scenes", device="cpu", model_args=None) -> Gener
         f"{k} ({v})" for k, v in GENERATORS.items()))
 
 
+CLASSIFIERS = {
+    "scenes-cnn": "the shipped scene-category CNN (conv1 … conv5), models/classifier.pt",
+    "package.module:function": "your own function returning an nn.Module classifier",
+}
+
+
+def load_classifier(spec: str = "scenes-cnn", device="cpu", model_args=None):
+    """An image classifier (nn.Module on images in [-1, 1]) to dissect on the probe set."""
+    if spec == "scenes-cnn":
+        from .classifier import load_classifier as load_cnn
+        return load_cnn(device=device)
+    if ":" in spec:
+        model = import_function(spec)(**parse_args(model_args))
+        if not callable(model):
+            raise ValueError(f"{spec}: the function must return an nn.Module")
+        return model
+    raise ValueError(f"unknown classifier {spec!r}. Valid: " + "; ".join(
+        f"{k} ({v})" for k, v in CLASSIFIERS.items()))
+
+
 def load_segmenter(spec: str = "scenes", device="cpu", args=None):
     from .segmenter import DEFAULT_WEIGHTS, load_segmenter as load_unet
     if spec in (None, "scenes"):

@@ -41,3 +41,58 @@ class GeneratorSource:
 
     def images(self, indices):
         return self.generator(self.generator.latents(indices, self.seed))
+
+
+class ProbeSource:
+    """Labelled probe images → classifier: rendered scenes with their exact label maps.
+
+    Sample i is the render of seed `start + seed * 10_000_000 + i` (held out from training).
+    `perturb(images, labels, indices) -> (images, labels)` optionally alters the probe images
+    (the robustness experiments); labels move with the pixels they describe.
+    """
+
+    def __init__(self, model, name: str, size: int = 64, seed: int = 0, perturb=None,
+                 device="cpu", start=None):
+        from .classifier import PROBE_SEED
+        from .labels import CONCEPTS
+        self.model, self.name, self.size, self.seed = model.to(device).eval(), name, size, int(seed)
+        self.perturb, self.device = perturb, device
+        self.start = PROBE_SEED if start is None else start
+        self.concepts = list(CONCEPTS)
+
+    def describe(self) -> dict:
+        return {"model": self.name, "segmenter": "probe labels", "seed": self.seed,
+                "kind": "classifier"}
+
+    def check_layers(self, layers):
+        from .hooks import resolve
+        for name in layers:
+            resolve(self.model, name)
+
+    def probe(self, indices):
+        """(images (N, 3, S, S) in [-1, 1], labels (N, S, S) long) for sample indices."""
+        from .scenes import render_batch, to_tensor_images
+        images, labels = render_batch([self.start + self.seed * 10_000_000 + i for i in indices], self.size)
+        x, y = to_tensor_images(images), torch.from_numpy(labels).long()
+        if self.perturb is not None:
+            x, y = self.perturb(x, y, list(indices))
+        return x, y
+
+    @torch.no_grad()
+    def _run(self, x, layers):
+        from .hooks import Trace
+        with Trace(self.model, layers, stop=True) as tr:
+            self.model(x.to(self.device))
+        return tr.outputs
+
+    def activations(self, indices, layers, images=False):
+        x, _ = self.probe(indices)
+        acts = self._run(x, layers)
+        return (acts, x) if images else acts
+
+    def batch(self, indices, layers):
+        x, y = self.probe(indices)
+        return self._run(x, layers), y, x
+
+    def images(self, indices):
+        return self.probe(indices)[0]

@@ -32,3 +32,10 @@ class ToySegmenter(Segmenter):
 
 def toy_segmenter():
     return ToySegmenter()
+
+
+def tiny_classifier(seed=0):
+    """A small SceneCNN with random weights, for classifier dissection tests."""
+    from ganpaint.classifier import SceneCNN
+    torch.manual_seed(seed)
+    return SceneCNN(widths=(4, 4, 8, 8, 8))
