@@ -295,6 +295,107 @@ def _train_classifier(p):
     return run
 
 
+def _classifier_args(p, samples):
+    p.add_argument("--classifier", default="scenes-cnn", help="scenes-cnn | package.module:function")
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--samples", type=int, default=samples)
+    p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--out", required=True, help="directory for the JSON and PNG")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--device", default=None)
+
+
+def _save(r, out, stem, a):
+    from pathlib import Path
+    from .experiments import save
+    path = save(r, out, stem)
+    if a.json:
+        print(json.dumps(r))
+    else:
+        print(f"wrote {path} and {Path(out) / (stem + '.png')}")
+
+
+@command("robustness", "dissect a classifier on perturbed probe images: do its detectors survive?")
+def _robustness(p):
+    _classifier_args(p, 500)
+    p.add_argument("--layers", nargs="+", default=["conv3", "conv4", "conv5"])
+    p.add_argument("--perturbations", nargs="+", default=None,
+                   help="noise:K rotate:DEG patches:N (default: the standard nine)")
+    p.add_argument("--quantile", type=float, default=0.005)
+
+    def run(a):
+        from pathlib import Path
+        from . import classifier_experiments as ce, plots, registry
+        net = registry.load_classifier(a.classifier, _device(a), a.model_arg)
+        r = ce.robustness(net, a.classifier, a.layers, a.perturbations or ce.PERTURBATIONS,
+                          a.samples, a.quantile, a.batch_size, progress=not a.json)
+        groups = {"none": {f"{l} unique": r["unperturbed"][l]["unique"] for l in a.layers}}
+        for spec, row in r["perturbed"].items():
+            groups[spec] = {f"{l} unique": row[l]["unique"] for l in a.layers}
+        Path(a.out).mkdir(parents=True, exist_ok=True)
+        plots.grouped_bars(groups, Path(a.out) / "robustness.png",
+                           "unique detected concepts under perturbations of the probe images",
+                           "unique concepts")
+        _save(r, a.out, "robustness", a)
+    return run
+
+
+@command("axis-alignment", "are interpretable directions aligned with units? random rotations and PCA")
+def _axis(p):
+    _classifier_args(p, 500)
+    p.add_argument("--layer", default="conv5")
+    p.add_argument("--draws", type=int, default=5, help="random rotations")
+    p.add_argument("--concept", default="tree", help="concept for the PCA test")
+    p.add_argument("--quantile", type=float, default=0.005)
+
+    def run(a):
+        from pathlib import Path
+        from . import classifier_experiments as ce, plots, registry
+        net = registry.load_classifier(a.classifier, _device(a), a.model_arg)
+        r = ce.axis_alignment(net, a.classifier, a.layer, a.draws, a.samples, a.quantile,
+                              a.batch_size, a.concept, progress=not a.json)
+        groups = {"unit basis": {"unique detectors": r["unit_basis"]["unique"],
+                                 "detectors": r["unit_basis"]["detectors"]},
+                  f"rotated (×{a.draws})": {"unique detectors": r["rotated_unique_mean"],
+                                            "detectors": r["rotated_detectors_mean"]}}
+        errors = {f"rotated (×{a.draws})": {"unique detectors": r["rotated_unique_std"],
+                                            "detectors": r["rotated_detectors_std"]}}
+        Path(a.out).mkdir(parents=True, exist_ok=True)
+        plots.grouped_bars(groups, Path(a.out) / "axis_alignment.png",
+                           f"{a.layer}: detectors in the unit basis vs random rotations (mean ± sd)",
+                           "count", errors)
+        _save(r, a.out, "axis_alignment", a)
+    return run
+
+
+@command("unit-importance", "which units a class needs, and what removing them does")
+def _importance(p):
+    _classifier_args(p, 600)
+    p.add_argument("--layer", default="conv5")
+    p.add_argument("--dissection", default=None, help="dissection of the layer (for mean IoUs)")
+
+    def run(a):
+        from pathlib import Path
+
+        import numpy as np
+        from . import classifier_experiments as ce, plots, registry
+        net = registry.load_classifier(a.classifier, _device(a), a.model_arg)
+        iou = np.load(Path(a.dissection) / "results.npz")[f"{a.layer}/iou"] if a.dissection else None
+        r = ce.unit_importance(net, a.classifier, a.layer, a.samples, None, a.batch_size, iou,
+                               progress=not a.json)
+        groups = {c: {"all units": row["balanced_accuracy"],
+                      "top 4 removed": row["remove_top4"]["balanced"],
+                      "top 20 removed": row["remove_top20"]["balanced"],
+                      "all but top 20 removed": row["remove_all_but_top20"]["balanced"]}
+                  for c, row in r["classes"].items()}
+        Path(a.out).mkdir(parents=True, exist_ok=True)
+        plots.grouped_bars(groups, Path(a.out) / "unit_importance.png",
+                           f"{a.layer}: balanced single-class accuracy after removing units",
+                           "balanced accuracy", hline=0.5)
+        _save(r, a.out, "unit_importance", a)
+    return run
+
+
 @command("models", "list the model ids and segmenters ganpaint can load")
 def _models(p):
     def run(a):

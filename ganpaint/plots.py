@@ -39,3 +39,27 @@ def ablation_curve(result: dict, path: Path):
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def grouped_bars(groups: dict, path: Path, title: str, ylabel: str, errors: dict | None = None,
+                 hline: float | None = None):
+    """Bars grouped by the outer keys, one colour per inner key: {group: {series: value}}."""
+    import numpy as np
+    plt = _plt()
+    series = list(dict.fromkeys(k for g in groups.values() for k in g))
+    x = np.arange(len(groups))
+    width = 0.8 / max(1, len(series))
+    fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(groups) * max(1, len(series)) ** 0.5 + 2), 3.6), dpi=100)
+    for i, s in enumerate(series):
+        vals = [g.get(s, 0) for g in groups.values()]
+        err = [errors.get(gk, {}).get(s, 0) for gk in groups] if errors else None
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, vals, width, yerr=err, label=s, capsize=3)
+    if hline is not None:
+        ax.axhline(hline, color="black", lw=0.8, ls="--", label="chance")
+    ax.set_xticks(x, list(groups), rotation=30, ha="right")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

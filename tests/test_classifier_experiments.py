@@ -1,0 +1,83 @@
+import numpy as np
+import pytest
+import torch
+
+from ganpaint import classifier_experiments as ce
+from ganpaint.sources import ProbeSource
+from tests.toy import tiny_classifier
+
+
+@pytest.fixture(scope="module")
+def probe():
+    return ProbeSource(tiny_classifier(), "tiny").probe(range(4))
+
+
+def test_rotating_by_90_four_times_is_identity(probe):
+    x, y = probe
+    xr, yr = x, y
+    for _ in range(4):
+        xr, yr = ce.rotate(xr, yr, 90)
+    assert torch.equal(xr, x) and torch.equal(yr, y)
+    x1, y1 = ce.rotate(x, y, 90)
+    assert torch.equal(x1[:, :, 0, :], x[:, :, :, -1])  # counter-clockwise: the right column goes up
+
+
+def test_rotation_keeps_labels_valid(probe):
+    x, y = probe
+    xr, yr = ce.rotate(x, y, 45)
+    assert xr.shape == x.shape and yr.dtype == torch.long
+    assert set(yr.unique().tolist()) <= set(y.unique().tolist())
+
+
+def test_patches_are_a_permutation(probe):
+    x, y = probe
+    p = ce.perturbation("patches:4")
+    xp, yp = p(x, y, [0, 1, 2, 3])
+    assert not torch.equal(xp, x)
+    assert torch.equal(torch.bincount(yp.reshape(-1)), torch.bincount(y.reshape(-1)))
+    for i in range(4):  # every 16×16 patch of the output is some patch of the input, labels too
+        patches = {x[i, :, a:a + 16, b:b + 16].numpy().tobytes() for a in range(0, 64, 16) for b in range(0, 64, 16)}
+        assert all(xp[i, :, a:a + 16, b:b + 16].numpy().tobytes() in patches for a in range(0, 64, 16) for b in range(0, 64, 16))
+    again = p(x, y, [0, 1, 2, 3])
+    assert torch.equal(again[0], xp)  # seeded by sample index
+
+
+def test_noise_is_seeded_and_bad_specs_refused(probe):
+    x, y = probe
+    a, _ = ce.perturbation("noise:5")(x, y, [0, 1, 2, 3])
+    b, _ = ce.perturbation("noise:5")(x, y, [0, 1, 2, 3])
+    assert torch.equal(a, b) and 0 < (a - x).mean() < 5
+    with pytest.raises(ValueError, match="unknown perturbation"):
+        ce.perturbation("blur:3")
+
+
+def test_robustness_report():
+    r = ce.robustness(tiny_classifier(), "tiny", ["conv3"], ["noise:100", "rotate:90"], samples=32,
+                      batch_size=16, progress=False)
+    assert set(r["perturbed"]) == {"noise:100", "rotate:90"}
+    row = r["perturbed"]["noise:100"]["conv3"]
+    assert row["detectors"] >= 0 and row["unique"] <= row["detectors"]
+    for d in row["original_detectors"].values():
+        assert 0 <= d["after"] <= 1
+
+
+def test_rotation_matrix_and_identity_basis():
+    q = ce.random_rotation(8, 0)
+    assert torch.allclose(q @ q.T, torch.eye(8), atol=1e-5)
+    src = ProbeSource(tiny_classifier(), "tiny")
+    _, base = ce._dissect(src, ["conv3"], 32, 0.005, 16)
+    _, same = ce._dissect(ce.RotatedSource(src, "conv3", torch.eye(8)), ["conv3"], 32, 0.005, 16)
+    assert np.allclose(base["conv3"], same["conv3"])
+    r = ce.axis_alignment(tiny_classifier(), "tiny", "conv3", draws=2, samples=32, batch_size=16,
+                          pca_concept="sky", progress=False)
+    assert len(r["rotated"]) == 2 and r["pca"]["units"] == 8
+    assert 1 <= r["pca"]["units_for_half_the_mass"] <= 8
+
+
+def test_unit_importance():
+    r = ce.unit_importance(tiny_classifier(), "tiny", "conv5", samples=60, batch_size=30,
+                           classes=[0], progress=False)
+    row = r["classes"]["domed square"]
+    assert len(row["important_units"]) == 8  # all 8 units when fewer than 20
+    assert 0 <= row["remove_top4"]["balanced"] <= 1 and r["chance"]["overall"] == pytest.approx(1 / 6)
+    assert 0 <= r["overall_accuracy"] <= 1
