@@ -396,6 +396,36 @@ def _importance(p):
     return run
 
 
+@command("samples", "save a picture of generated scenes (and their segmentation), optionally next to renders")
+def _samples(p):
+    _model_args(p)
+    p.add_argument("--n", type=int, default=8, help="images per row")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=128, help="pixels per image in the picture")
+    p.add_argument("--renders", action="store_true", help="add a row of renders and their labels")
+    p.add_argument("--out", required=True, help="PNG file")
+
+    def run(a):
+        import numpy as np
+        from PIL import Image
+        from . import registry
+        from .labels import colorize
+        from .scenes import render_batch, to_tensor_images, to_uint8_images
+        g = registry.load_generator(a.model, _device(a), a.model_arg)
+        seg = registry.load_segmenter(a.segmenter, _device(a), a.segmenter_arg)
+        big = lambda imgs, nearest=False: np.concatenate([np.asarray(Image.fromarray(i).resize(
+            (a.size, a.size), Image.NEAREST if nearest else Image.LANCZOS)) for i in imgs], 1)
+        rows = []
+        if a.renders:
+            imgs, labels = render_batch(range(a.seed, a.seed + a.n), 64)
+            rows += [big(imgs, True), big(colorize(labels), True)]
+        x = g(g.latents(range(a.n), a.seed))
+        rows += [big(to_uint8_images(x)), big(colorize(seg.segment(x).cpu().numpy()), True)]
+        Image.fromarray(np.concatenate(rows, 0)).save(a.out)
+        print(f"wrote {a.out}")
+    return run
+
+
 @command("models", "list the model ids and segmenters ganpaint can load")
 def _models(p):
     def run(a):
