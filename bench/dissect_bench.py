@@ -1,7 +1,7 @@
 """Dissection cost vs just running generator + segmenter, and peak memory vs sample count.
 
-For the shipped scene GAN (layer4) and a randomly initialised ProGAN-256-shaped generator
-(layer4: 512 units at 8×8). Each measurement runs in a fresh process (peak RSS is per process).
+For the shipped scene GAN (layer4), the shipped scene classifier (conv5, on probe renders) and a
+randomly initialised ProGAN-256-shaped generator (layer4: 512 units at 8×8). Each measurement runs in a fresh process (peak RSS is per process).
 Targets: time ratio ≤ 1.2; peak memory at 4× the samples within 10% of 1×.
 Usage: python bench/dissect_bench.py [--samples 64] [--progan-samples 16]
 """
@@ -19,8 +19,12 @@ from ganpaint import registry
 from ganpaint.dissect import dissect
 from ganpaint.sources import GeneratorSource
 model, layer, samples, batch, mode, seg_size = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], int(sys.argv[6])
-g = registry.load_generator(model)
-src = GeneratorSource(g, registry.load_segmenter("scenes"), 0, seg_size or None)
+if model.startswith("classifier:"):
+    from ganpaint.sources import ProbeSource
+    src = ProbeSource(registry.load_classifier(model[len("classifier:"):]), model)
+else:
+    g = registry.load_generator(model)
+    src = GeneratorSource(g, registry.load_segmenter("scenes"), 0, seg_size or None)
 src.batch([0], [layer])  # warm up
 t = time.perf_counter()
 if mode == "models":
@@ -57,6 +61,7 @@ def main():
     p.add_argument("--progan-samples", type=int, default=16)
     a = p.parse_args()
     bench("scenes layer4", "scenes", "layer4", a.samples, 32)
+    bench("scenes-cnn conv5 (probe renders + classifier)", "classifier:scenes-cnn", "conv5", a.samples, 32)
     import torch
     sys.path.insert(0, str(ROOT))
     from tests.test_progan import release_state_dict
