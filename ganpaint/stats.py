@@ -68,13 +68,7 @@ class TailStats:
         """Bins and accumulators on `device` (counting happens where the activations are)."""
         if getattr(self, "_device", None) != device:
             self._flush()
-            e0 = self.edges[:, :1]
-            span = (self.edges[:, -1:] - e0).clamp(min=1e-12)
-            u = torch.arange(self.units, dtype=torch.float64)[:, None]
-            # all units' edges on one sorted axis: unit u occupies [4u, 4u + 1]
-            self._gedges = (4 * u + (self.edges - e0) / span).reshape(-1).to(device)
-            self._e0, self._span = e0[:, 0].to(device), span[:, 0].to(device)
-            self._floor = self.edges[:, 0].to(device, torch.float32)
+            self._edges32 = self.edges.to(device, torch.float32).contiguous()
             self._acc = torch.zeros_like(self.joint, device=device)
             self._acc_cp = torch.zeros_like(self.concept_pixels, device=device)
             self._device = device
@@ -89,22 +83,23 @@ class TailStats:
 
     # -- accumulation ---------------------------------------------------------------------
     def update(self, act: torch.Tensor, seg: torch.Tensor) -> None:
-        """Count one chunk: act (N, U, S, S) upsampled activations, seg (N, S, S) labels."""
+        """Count one chunk: act (N, U, S, S) upsampled activations, seg (N, S, S) labels.
+
+        Unit by unit: only values at or above the unit's floor are binned. Edges are float32
+        numbers, so float32 comparisons place every value exactly."""
         if self.edges is None:
             raise RuntimeError("init_edges() must be called before update()")
-        n, u, s1, s2 = act.shape
-        act = act.detach().float()
-        self._on(act.device)
-        labels = seg.reshape(-1).to(act.device, torch.int64)
-        # edges are float32 numbers, so this float32 test equals the float64 one
-        sample, unit, y, x = (act >= self._floor[None, :, None, None]).nonzero(as_tuple=True)
-        vals = act[sample, unit, y, x].to(torch.float64)
-        pix = (sample * s1 + y) * s2 + x
-        w = ((vals - self._e0[unit]) / self._span[unit]).clamp(max=2.0)
-        key = 4 * unit.to(torch.float64) + w
-        g = torch.searchsorted(self._gedges, key, right=True) - 1  # = unit * (bins + 1) + bin
-        idx = g * self.concepts + labels[pix]
-        self._acc += torch.bincount(idx, minlength=self.joint.numel())
+        units = act.detach().float().transpose(0, 1)  # (U, N, S, S); contiguous if unit-major
+        self._on(units.device)
+        labels = seg.reshape(-1).to(units.device, torch.int64)
+        per_unit = (self.bins + 1) * self.concepts
+        for u in range(self.units):
+            row = units[u].reshape(-1)
+            e = self._edges32[u]
+            pix = (row >= e[0]).nonzero().squeeze(1)
+            b = torch.searchsorted(e, row[pix], right=True) - 1  # 0 … bins (overflow)
+            self._acc[u * per_unit:(u + 1) * per_unit] += torch.bincount(
+                b * self.concepts + labels[pix], minlength=per_unit)
         self._acc_cp += torch.bincount(labels, minlength=self.concepts)
         self.pixels += int(labels.numel())
 
