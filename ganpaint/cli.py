@@ -459,4 +459,6 @@ def main(argv=None):
     except (UnknownNameError, CheckpointError, ValueError, FileNotFoundError) as e:
         print(f"ganpaint {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
     return 0

@@ -59,7 +59,7 @@ def grouped_bars(groups: dict, path: Path, title: str, ylabel: str, errors: dict
     ax.set_xticks(x, list(groups), rotation=30, ha="right")
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
