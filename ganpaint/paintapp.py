@@ -231,7 +231,10 @@ def build_demo(app: PaintApp, curves_dir: Path | None = None):
                 u_unit = gr.Number(value=0, precision=0, label="unit")
                 u_btn = gr.Button("best concepts of this unit")
             u_best = gr.Dataframe(headers=["concept", "IoU"], label="best concepts")
-            u_show.click(app.unit_gallery, [u_concept], [gallery, u_table])
+            def show_units(c, progress=gr.Progress()):
+                progress(0.1, desc=f"drawing the top {c} units' best scenes")
+                return app.unit_gallery(c)
+            u_show.click(show_units, [u_concept], [gallery, u_table])
             u_btn.click(app.unit_concepts, [u_unit], [u_best])
         with gr.Tab("Ablation"):
             with gr.Row():
@@ -243,7 +246,8 @@ def build_demo(app: PaintApp, curves_dir: Path | None = None):
             a_after = gr.Image(label="after ablating the top-k units everywhere", interactive=False)
             curve = gr.Image(label="ablation curve (from `ganpaint ablate`)", interactive=False)
 
-            def ablate(c, k, s):
+            def ablate(c, k, s, progress=gr.Progress()):
+                progress(0.1, desc=f"regenerating without the top {int(k)} {c} units")
                 before, after = app.ablate_view(c, k, s)
                 path = curves_dir / f"ablate_{c}.png" if curves_dir else None
                 return before, after, (str(path) if path and path.exists() else None)
