@@ -138,6 +138,10 @@ def _dissect(p):
                    help="top quantile q of each unit's activation (default 0.01 for generators, "
                         "0.005 for classifiers as in Network Dissection)")
     p.add_argument("--bins", type=int, default=1024, help="histogram bins per unit (accuracy vs memory)")
+    p.add_argument("--tail", type=float, default=None,
+                   help="share of each unit's top activations histogrammed (default 10·q, at most 0.5); "
+                        "1.0 also finds each unit's best threshold per concept over its whole range "
+                        "(2018 GAN Dissection style; counting is slower)")
     p.add_argument("--seg-size", type=int, default=None, help="label map resolution (default: image size)")
     p.add_argument("--no-report", action="store_true", help="skip report.html and its images")
 
@@ -160,7 +164,8 @@ def _dissect(p):
                 raise ValueError("this model declares no preferred layer: pass --layers")
             src = GeneratorSource(g, seg, a.seed, a.seg_size, a.segmenter)
             q = 0.01 if a.quantile is None else a.quantile
-        dissect(src, layers, a.out, a.samples, q, a.batch_size, a.bins, report=not a.no_report)
+        dissect(src, layers, a.out, a.samples, q, a.batch_size, a.bins, report=not a.no_report,
+                tail=a.tail)
     return run
 
 

@@ -91,7 +91,7 @@ def _warm_values(act, size, cap=1 << 15):
 
 
 def dissect(source, layers, out_dir, samples=2000, quantile=0.01, batch_size=16, bins=1024,
-            topk=8, save_every=10, progress=True, report=True, log=print):
+            topk=8, save_every=10, progress=True, report=True, log=print, tail=None):
     """Dissect `layers`; writes dissection.json (+ results.npz, report.html) in `out_dir`."""
     layers = list(layers)
     source.check_layers(layers)
@@ -99,7 +99,7 @@ def dissect(source, layers, out_dir, samples=2000, quantile=0.01, batch_size=16,
     dist, rank, world = _dist()
     settings = {**source.describe(), "layers": layers, "samples": int(samples),
                 "quantile": float(quantile), "batch_size": int(batch_size), "bins": int(bins),
-                "topk": int(topk)}
+                "topk": int(topk), "tail": tail}
     part = out_dir / "partial" / (f"state.rank{rank}of{world}.pt" if world > 1 else "state.pt")
     n_batches = math.ceil(samples / batch_size)
     mine = [b for b in range(n_batches) if b % world == rank]
@@ -127,7 +127,7 @@ def dissect(source, layers, out_dir, samples=2000, quantile=0.01, batch_size=16,
         warm = None
         if stats is None:
             stats, warm = _start(source, layers, concepts, quantile, bins, topk, batch_size,
-                                 samples, dist, rank)
+                                 samples, dist, rank, tail)
         for b in todo:
             idx = list(range(b * batch_size, min(samples, (b + 1) * batch_size)))
             if b == 0 and warm is not None:  # batch 0 placed the bins: count it, don't rerun it
@@ -156,7 +156,7 @@ def dissect(source, layers, out_dir, samples=2000, quantile=0.01, batch_size=16,
     return None
 
 
-def _start(source, layers, concepts, quantile, bins, topk, batch_size, samples, dist, rank):
+def _start(source, layers, concepts, quantile, bins, topk, batch_size, samples, dist, rank, tail):
     """Place every layer's bins from the activations of batch 0 (rank 0 broadcasts them).
 
     Returns the statistics and, on rank 0, batch 0's (activations, labels) for counting."""
@@ -174,7 +174,7 @@ def _start(source, layers, concepts, quantile, bins, topk, batch_size, samples, 
             box = [units]
             dist.broadcast_object_list(box, src=0)
             units = box[0]
-        st = TailStats(units, len(concepts), quantile, bins, topk)
+        st = TailStats(units, len(concepts), quantile, bins, topk, tail)
         if rank == 0:
             st.init_edges(_warm_values(acts[name], size))
         else:
@@ -244,6 +244,13 @@ def summarize(settings, concepts, stats) -> dict:
             "inexact_units": int((~r["exact"]).sum()),
             "detectors": dict(sorted(detectors.items(), key=lambda kv: -kv[1])),
             "unit_stats": units, "ranking": ranking}
+        bt_iou, bt_level = (t.numpy() for t in st.best_threshold_iou())
+        out["layers"][name]["best_threshold_iou"] = {
+            c: {"unit": int(bt_iou[:, i].argmax()), "iou": round(float(bt_iou[:, i].max()), 5),
+                "threshold": round(float(bt_level[bt_iou[:, i].argmax(), i]), 6)}
+            for i, c in enumerate(concepts)}
+        out["layers"][name]["tail"] = st.tail
+        arrays[f"{name}/best_threshold_iou"] = bt_iou.astype(np.float32)
         arrays[f"{name}/iou"] = iou.astype(np.float32)
         arrays[f"{name}/level"] = r["level"].numpy().astype(np.float32)
     return out, arrays

@@ -25,9 +25,13 @@ import torch
 
 class TailStats:
     def __init__(self, units: int, concepts: int, quantile: float = 0.01, bins: int = 1024,
-                 topk: int = 8):
+                 topk: int = 8, tail: float | None = None):
         self.units, self.concepts, self.quantile, self.bins, self.topk = (
             int(units), int(concepts), float(quantile), int(bins), int(topk))
+        # share of the pixels (the top of each unit's range) that the histogram covers
+        self.tail = min(0.5, 10 * self.quantile) if tail is None else float(tail)
+        if not 0 < self.tail <= 1 or self.tail < self.quantile:
+            raise ValueError(f"tail must be in [quantile, 1], got {self.tail}")
         self.edges = None  # (U, bins + 1) float64, strictly increasing per unit
         self.joint = torch.zeros(self.units * (self.bins + 1) * self.concepts, dtype=torch.int64)
         self.concept_pixels = torch.zeros(self.concepts, dtype=torch.int64)
@@ -37,15 +41,20 @@ class TailStats:
 
     # -- bins ---------------------------------------------------------------------------
     def floor_rank(self) -> float:
-        return 1.0 - min(0.5, 10 * self.quantile)
+        return 1.0 - self.tail
 
     def init_edges(self, values: torch.Tensor) -> None:
         """Place the bins from warm-up values (U, M) of upsampled activations."""
         v = values.detach().to("cpu", torch.float64).sort(dim=1).values
         m = v.shape[1]
         main = (3 * self.bins) // 4
-        ranks = torch.linspace(self.floor_rank(), 1.0 - self.quantile / 20, main + 1,
-                               dtype=torch.float64)
+        near = 1.0 - min(self.tail, 10 * self.quantile)  # dense bins around the level
+        ranks = torch.linspace(near, 1.0 - self.quantile / 20, main + 1, dtype=torch.float64)
+        if self.floor_rank() < near:  # a wider tail: half the bins below, half near the level
+            half = main // 2
+            ranks = torch.cat([torch.linspace(self.floor_rank(), near, half + 1, dtype=torch.float64)[:-1],
+                               torch.linspace(near, 1.0 - self.quantile / 20, main - half + 1,
+                                              dtype=torch.float64)])
         pos = ranks * (m - 1)
         lo, hi = pos.floor().long(), pos.ceil().long()
         frac = pos - lo
@@ -131,13 +140,13 @@ class TailStats:
     def state_dict(self) -> dict:
         self._flush()
         return {"units": self.units, "concepts": self.concepts, "quantile": self.quantile,
-                "bins": self.bins, "topk": self.topk, "edges": self.edges, "joint": self.joint,
+                "bins": self.bins, "topk": self.topk, "tail": self.tail, "edges": self.edges, "joint": self.joint,
                 "concept_pixels": self.concept_pixels, "pixels": self.pixels,
                 "top_values": self.top_values, "top_index": self.top_index}
 
     @classmethod
     def from_state_dict(cls, s: dict) -> "TailStats":
-        st = cls(s["units"], s["concepts"], s["quantile"], s["bins"], s["topk"])
+        st = cls(s["units"], s["concepts"], s["quantile"], s["bins"], s["topk"], s.get("tail"))
         for k in ("edges", "joint", "concept_pixels", "pixels", "top_values", "top_index"):
             setattr(st, k, s[k])
         return st
@@ -202,3 +211,16 @@ class TailStats:
         rank_err = joint.sum(2).gather(1, b[:, None])[:, 0] / max(self.pixels, 1)
         return {"iou": iou, "level": level, "exact": ok, "rank_error": rank_err,
                 "iou_error": err}
+
+    def best_threshold_iou(self):
+        """Per (unit, concept), the highest IoU over all thresholds at the bin edges (the
+        histogram's range: ranks above 1 − tail) and that threshold — the per-unit,
+        per-concept threshold of the 2018 GAN Dissection, instead of one top quantile.
+        Returns (iou (U, C), threshold (U, C))."""
+        joint = self._hist().to(torch.float64)
+        above = joint.flip(1).cumsum(1).flip(1)  # (U, B+1, C): pixels ≥ edge b, by concept
+        act = above.sum(2, keepdim=True)
+        cp = self.concept_pixels.to(torch.float64)[None, None]
+        iou = above / (act + cp - above).clamp(min=1)
+        best, b = iou.max(1)
+        return best, self.edges.gather(1, b)

@@ -146,3 +146,30 @@ def test_custom_model_args_and_rank_cli(tmp_path):
                                "tests.toy:toy_segmenter", "--layers", "layer9", "--out",
                                str(tmp_path / "e")], env=env, cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2 and "unknown layer 'layer9'" in r.stderr and "layer1" in r.stderr
+
+
+def test_full_tail_best_threshold_iou_is_exact(tmp_path):
+    """With tail=1 the histogram spans each unit's whole range; IoU at every bin edge is exact,
+    so the best threshold found equals the brute-force best over those edges."""
+    import numpy as np
+    from ganpaint.stats import TailStats
+    result = run(tmp_path / "d", samples=64, tail=1.0)
+    src = source()
+    acts, labels, _ = src.batch(list(range(64)), ["layer4"])
+    a = upsampled(acts["layer4"], labels.shape[-1]).transpose(0, 1).reshape(8, -1)
+    lab = labels.reshape(-1)
+    st = TailStats.from_state_dict(
+        __import__("ganpaint.checkpoint", fromlist=["load"]).load(tmp_path / "d" / "partial" / "state.pt")["stats"]["layer4"])
+    best, thr = st.best_threshold_iou()
+    for u in range(8):
+        share = (a[u] > result["layers"]["layer4"]["unit_stats"][u]["level"]).double().mean().item()
+        assert abs(share - 0.01) <= 0.001  # the quantile level stays accurate with a wide tail
+        for c in range(len(src.concepts)):
+            m = lab == c
+            edges = st.edges[u].float()
+            ious = [((a[u] >= e) & m).sum().item() / max(1, ((a[u] >= e) | m).sum().item()) for e in edges[::16]]
+            assert best[u, c].item() >= max(ious) - 1e-9
+            exact = ((a[u] >= thr[u, c].float()) & m).sum().item() / max(1, ((a[u] >= thr[u, c].float()) | m).sum().item())
+            assert abs(exact - best[u, c].item()) < 1e-9
+    bt = result["layers"]["layer4"]["best_threshold_iou"]
+    assert set(bt) == set(src.concepts) and all(0 <= v["iou"] <= 1 for v in bt.values())
