@@ -19,10 +19,11 @@ from tqdm import tqdm
 
 from . import checkpoint
 from .stats import TailStats
+from .upsample import upsampled  # noqa: F401  (re-exported for reports and tests)
 
 DETECTOR_IOU = 0.04  # minimum IoU to call a unit a detector (GAN Dissection, Network Dissection)
 LEVEL_QUANTILES = (0.01, 0.005)  # per-unit levels kept for the intervention engine
-CHUNK_ELEMENTS = 1 << 24  # upsample at most this many activation values at once
+CHUNK_ELEMENTS = 1 << 26  # count at most this many (upsampled) activation values at once
 
 
 def _dist():
@@ -48,39 +49,12 @@ def _comm_device(dist):
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
-def _interp_matrix(n_in: int, n_out: int, device) -> torch.Tensor:
-    """(n_out, n_in) weights of 1-D linear interpolation, pixel-centre aligned with clamped
-    edges — the same as F.interpolate(mode="bilinear", align_corners=False) along one axis."""
-    src = ((torch.arange(n_out, dtype=torch.float64) + 0.5) * (n_in / n_out) - 0.5).clamp(min=0)
-    i0 = src.floor().long().clamp(max=n_in - 1)
-    i1 = (i0 + 1).clamp(max=n_in - 1)
-    w = torch.zeros(n_out, n_in, dtype=torch.float64)
-    w[torch.arange(n_out), i0] += 1 - (src - i0)
-    w[torch.arange(n_out), i1] += src - i0
-    return w.to(device, torch.float32)
-
-
-def upsampled(act: torch.Tensor, size: int) -> torch.Tensor:
-    """Activations (N, U, h, w) upsampled bilinearly to (N, U, size, size).
-
-    Bilinear upsampling is separable, so it is done as two small matrix products (several
-    times faster than F.interpolate on a CPU). The result is a view whose memory is laid out
-    unit-major, (U, N, size, size), which is how the statistics read it."""
-    act = act.float()
-    h, w = act.shape[-2:]
-    if h == size and w == size:
-        return act
-    ry, rx = _interp_matrix(h, size, act.device), _interp_matrix(w, size, act.device)
-    out = torch.matmul(torch.matmul(ry, act.transpose(0, 1)), rx.T)  # (U, N, size, size)
-    return out.transpose(0, 1)
-
-
 def _count(stats: TailStats, act, labels):
     size = labels.shape[-1]
     per_sample = act.shape[1] * size * size
     step = max(1, CHUNK_ELEMENTS // per_sample)
     for i in range(0, act.shape[0], step):
-        stats.update(upsampled(act[i:i + step], size), labels[i:i + step])
+        stats.update(act[i:i + step], labels[i:i + step])
 
 
 def _warm_values(act, size, cap=1 << 15):

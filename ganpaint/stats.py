@@ -18,9 +18,9 @@ processes) is exact.
 """
 from __future__ import annotations
 
-import math
-
 import torch
+
+from .upsample import interp_matrix
 
 
 class TailStats:
@@ -92,25 +92,39 @@ class TailStats:
 
     # -- accumulation ---------------------------------------------------------------------
     def update(self, act: torch.Tensor, seg: torch.Tensor) -> None:
-        """Count one chunk: act (N, U, S, S) upsampled activations, seg (N, S, S) labels.
+        """Count one chunk: act (N, U, h, w) activations at any resolution, seg (N, S, S) labels.
 
-        Unit by unit: only values at or above the unit's floor are binned. Edges are float32
-        numbers, so float32 comparisons place every value exactly."""
+        Activations are upsampled bilinearly to S×S, rows first: an output row is a convex
+        combination of its row-upsampled inputs, so a row whose inputs all lie below a unit's
+        floor is skipped without being computed. The rest is binned unit by unit; edges are
+        float32 numbers, so float32 comparisons place every value exactly."""
         if self.edges is None:
             raise RuntimeError("init_edges() must be called before update()")
-        units = act.detach().float().transpose(0, 1)  # (U, N, S, S); contiguous if unit-major
-        self._on(units.device)
-        labels = seg.reshape(-1).to(units.device, torch.int64)
+        a = act.detach().float().transpose(0, 1)  # (U, N, h, w)
+        self._on(a.device)
+        s1, s2 = seg.shape[-2:]
+        small = torch.uint8 if self.concepts <= 256 else torch.int32  # gathered per live row
+        seg = seg.to(a.device, small)
+        rows = torch.matmul(interp_matrix(a.shape[2], s1, a.device), a)  # (U, N, S, w)
+        unit, sample, r = (rows.amax(-1) >= self._edges32[:, :1, None]).nonzero(as_tuple=True)
+        rows = rows[unit, sample, r]  # the live rows, unit-major: (K, w)
+        if a.shape[3] != s2:
+            rows = rows @ interp_matrix(a.shape[3], s2, a.device).T  # (K, S)
+        labels = seg[sample, r]  # (K, S)
         per_unit = (self.bins + 1) * self.concepts
-        for u in range(self.units):
-            row = units[u].reshape(-1)
+        start = 0
+        for u, k in enumerate(torch.bincount(unit, minlength=self.units).tolist()):
+            if k == 0:
+                continue
+            vals, labs = rows[start:start + k].reshape(-1), labels[start:start + k].reshape(-1)
+            start += k
             e = self._edges32[u]
-            pix = (row >= e[0]).nonzero().squeeze(1)
-            b = torch.searchsorted(e, row[pix], right=True) - 1  # 0 … bins (overflow)
+            pix = (vals >= e[0]).nonzero().squeeze(1)
+            b = torch.searchsorted(e, vals[pix], right=True) - 1  # 0 … bins (overflow)
             self._acc[u * per_unit:(u + 1) * per_unit] += torch.bincount(
-                b * self.concepts + labels[pix], minlength=per_unit)
-        self._acc_cp += torch.bincount(labels, minlength=self.concepts)
-        self.pixels += int(labels.numel())
+                b * self.concepts + labs[pix].long(), minlength=per_unit)
+        self._acc_cp += torch.bincount(seg.reshape(-1).long(), minlength=self.concepts)
+        self.pixels += int(seg.numel())
 
     def update_top(self, peaks: torch.Tensor, indices: torch.Tensor) -> None:
         """Keep, per unit, the top-k samples by peak activation; ties go to the lower index."""
