@@ -43,3 +43,16 @@ def load(path, map_location="cpu"):
         raise CheckpointError(
             f"{path}: cannot read this file (truncated or corrupt?): {str(e).splitlines()[0]}"
         ) from None
+
+
+def resume(path, parts: dict, device="cpu", log=print) -> int:
+    """Load a training run's state into `parts` ({name: module or optimizer}) if `path`
+    exists; returns the step to continue from (0 for a fresh run)."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    state = load(path, device)
+    for name, part in parts.items():
+        part.load_state_dict(state[name])
+    log(f"resumed from {path} at step {state['step']}")
+    return int(state["step"])

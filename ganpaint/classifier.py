@@ -90,13 +90,7 @@ def train(out_dir="runs/classifier", export_to=DEFAULT_WEIGHTS, steps=1500, batc
     torch.manual_seed(0)
     net = SceneCNN().to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=5e-4)
-    step = 0
-    if state_path.exists():
-        s = checkpoint.load(state_path, device)
-        net.load_state_dict(s["net"])
-        opt.load_state_dict(s["opt"])
-        step = s["step"]
-        log(f"resumed from {state_path} at step {step}")
+    step = checkpoint.resume(state_path, {"net": net, "opt": opt}, device, log)
     bar = tqdm(total=steps, initial=step, desc="train classifier", unit="step")
     while step < steps:
         x, _, y = batch(range(step * batch_size, (step + 1) * batch_size))

@@ -97,13 +97,8 @@ def train(out_dir="runs/gan", export_to=DEFAULT_WEIGHTS, steps=20000, batch_size
     g_ema.load_state_dict(g.state_dict())
     opt_g = torch.optim.Adam(g.parameters(), lr=lr_g, betas=(0.0, 0.99))
     opt_d = torch.optim.Adam(d.parameters(), lr=lr_d, betas=(0.0, 0.99))
-    step = 0
-    if state_path.exists():
-        s = checkpoint.load(state_path, device)
-        for m, k in ((g, "g"), (d, "d"), (g_ema, "g_ema"), (opt_g, "opt_g"), (opt_d, "opt_d")):
-            m.load_state_dict(s[k])
-        step = s["step"]
-        log(f"resumed from {state_path} at step {step}")
+    step = checkpoint.resume(state_path, {"g": g, "d": d, "g_ema": g_ema, "opt_g": opt_g,
+                                          "opt_d": opt_d}, device, log)
     stream = SceneStream(g.resolution, batch_size, start=step * batch_size)
     bar = tqdm(total=steps, initial=step, desc=f"train {out_dir.name}", unit="step")
     while step < steps:

@@ -23,13 +23,7 @@ def train(out_dir="runs/segmenter", export_to="models/segmenter.pt", steps=3000,
     torch.manual_seed(0)  # same initial weights every run: a resumed run equals an unbroken one
     net = UNet(len(CONCEPTS), width).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    step = 0
-    if state_path.exists():
-        state = checkpoint.load(state_path, device)
-        net.load_state_dict(state["net"])
-        opt.load_state_dict(state["opt"])
-        step = state["step"]
-        log(f"resumed from {state_path} at step {step}")
+    step = checkpoint.resume(state_path, {"net": net, "opt": opt}, device, log)
     # Rare, small concepts (door, window) get more weight: inverse square root of frequency.
     freq = torch.tensor([0.30, 0.03, 0.25, 0.08, 0.12, 0.12, 0.04, 0.01, 0.02, 0.006])
     weight = (freq.mean() / freq).sqrt().clamp(max=4.0).to(device)
