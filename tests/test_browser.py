@@ -143,6 +143,17 @@ class Page:
     def apply(self):
         self.wait_change(lambda: self.pg.locator("#apply").click())
 
+    def paint(self, cells, attempts=3):
+        """Stroke and apply; if the canvas was still redrawing and took no stroke (the server
+        answers 'nothing painted'), wait and stroke again, as a person would."""
+        for _ in range(attempts):
+            self.stroke(cells)
+            self.apply()
+            if "nothing painted" not in self.status():
+                return
+            self.pg.wait_for_timeout(2000)
+        raise AssertionError("the canvas took no brush stroke")
+
 
 def region(cells, pad=0):
     """(512, 512) bool: the given grid cells (dilated by `pad` cells) at view resolution."""
@@ -169,9 +180,8 @@ def test_paint_in_browser(server, model):
         page.load(seed)
         before = page.image()
         page.choose("tree", "remove")
-        page.stroke(cells)
         t = time.time()
-        page.apply()
+        page.paint(cells)
         latency = time.time() - t
         after = page.image()
         diff = np.abs(after.astype(int) - before.astype(int)).sum(-1)
@@ -201,8 +211,7 @@ def test_strokes_change_what_the_segmenter_sees(server, model):
         page.load(seed)
         before = page.image()
         page.choose("tree", "remove")
-        page.stroke(cells)
-        page.apply()
+        page.paint(cells)
         inside = region(cells)
         t_before = concept_pixels(seg, before, "tree", inside)
         t_after = concept_pixels(seg, page.image(), "tree", inside)
@@ -210,8 +219,7 @@ def test_strokes_change_what_the_segmenter_sees(server, model):
         page.load(seed)
         before = page.image()
         page.choose("door", "draw")
-        page.stroke(cells)
-        page.apply()
+        page.paint(cells)
         inside = region(cells, pad=1)
         d_before = concept_pixels(seg, before, "door", inside)
         d_after = concept_pixels(seg, page.image(), "door", inside)
@@ -232,8 +240,7 @@ def test_two_sessions_do_not_share_edits(server, model):
         two.load(seed)
         base = two.image()
         one.choose("tree", "remove")
-        one.stroke(np.ones((8, 8), bool)[:4])
-        one.apply()
+        one.paint(np.ones((8, 8), bool)[:4])
         assert not np.array_equal(one.image(), base)
         two.wait_change(lambda: two.pg.locator("#reset").click())
         assert np.array_equal(two.image(), base)
