@@ -146,27 +146,32 @@ def _dissect(p):
     p.add_argument("--no-report", action="store_true", help="skip report.html and its images")
 
     def run(a):
-        from . import registry
-        from .dissect import dissect, init_distributed
-        from .sources import GeneratorSource, ProbeSource
-        init_distributed()
-        dev = _device(a)
-        if a.classifier:
-            net = registry.load_classifier(a.classifier, dev, a.model_arg)
-            src = ProbeSource(net, a.classifier, seed=a.seed, device=dev)
-            layers = a.layers or ["conv5"]
-            q = 0.005 if a.quantile is None else a.quantile
-        else:
-            g = registry.load_generator(a.model, dev, a.model_arg)
-            seg = registry.load_segmenter(a.segmenter, dev, a.segmenter_arg)
-            layers = a.layers or [g.paint_layer]
-            if layers == [None]:
-                raise ValueError("this model declares no preferred layer: pass --layers")
-            src = GeneratorSource(g, seg, a.seed, a.seg_size, a.segmenter)
-            q = 0.01 if a.quantile is None else a.quantile
-        dissect(src, layers, a.out, a.samples, q, a.batch_size, a.bins, report=not a.no_report,
-                tail=a.tail)
+        from .dissect import distributed
+        with distributed():
+            _dissect(a)
     return run
+
+
+def _dissect(a):
+    from . import registry
+    from .dissect import dissect
+    from .sources import GeneratorSource, ProbeSource
+    dev = _device(a)
+    if a.classifier:
+        net = registry.load_classifier(a.classifier, dev, a.model_arg)
+        src = ProbeSource(net, a.classifier, seed=a.seed, device=dev)
+        layers = a.layers or ["conv5"]
+        q = 0.005 if a.quantile is None else a.quantile
+    else:
+        g = registry.load_generator(a.model, dev, a.model_arg)
+        seg = registry.load_segmenter(a.segmenter, dev, a.segmenter_arg)
+        layers = a.layers or [g.paint_layer]
+        if layers == [None]:
+            raise ValueError("this model declares no preferred layer: pass --layers")
+        src = GeneratorSource(g, seg, a.seed, a.seg_size, a.segmenter)
+        q = 0.01 if a.quantile is None else a.quantile
+    dissect(src, layers, a.out, a.samples, q, a.batch_size, a.bins, report=not a.no_report,
+            tail=a.tail)
 
 
 @command("rank", "rank the units of a dissected layer by IoU with a concept")

@@ -7,6 +7,7 @@ every few batches, so an interrupted run resumes where it stopped with the same 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -33,15 +34,27 @@ def _dist():
     return None, 0, 1
 
 
-def init_distributed():
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1)."""
+@contextlib.contextmanager
+def distributed():
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1) and leave it cleanly.
+
+    Leaving matters: a rank that exits while gloo's threads still run aborts
+    ("terminate called without an active exception") and torchrun reports a failure."""
     import torch.distributed as dist
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+    joined = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
+    if joined:
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
             dist.init_process_group("nccl")
         else:
             dist.init_process_group("gloo")
+    try:
+        yield
+        if joined:
+            dist.barrier()
+    finally:
+        if joined:
+            dist.destroy_process_group()
 
 
 def _comm_device(dist):
