@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 COMMANDS = {}
 
@@ -174,12 +175,14 @@ def _dissect(a):
             tail=a.tail)
 
 
-@command("rank", "rank the units of a dissected layer by IoU with a concept")
+@command("rank", "rank the units of a dissected layer by IoU with a concept (or by causal effect)")
 def _rank(p):
     p.add_argument("--dissection", required=True, help="dissection directory")
     p.add_argument("--layer", default=None, help="layer (default: the first dissected one)")
     p.add_argument("--concept", default=None)
     p.add_argument("--top", type=int, default=20)
+    p.add_argument("--by", default="iou", choices=["iou", "causal"],
+                   help="IoU, or the causal ranking learned by `rank-causal`")
     p.add_argument("--list", action="store_true", help="list concepts and their detector counts")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -196,13 +199,35 @@ def _rank(p):
             for r in rows:
                 print(f"{r['concept']:<12}{r['detectors']:>10}{r['best_iou']:>10.3f}{r['best_unit']:>10}")
             return
-        rows = rank_units(d, a.concept, a.layer, a.top)
+        rows = rank_units(d, a.concept, a.layer, a.top, a.by)
         if a.json:
             print(json.dumps(rows))
             return
-        print(f"{'rank':>4} {'unit':>5} {'IoU':>7} {'level':>9}")
+        print(f"{'rank':>4} {'unit':>5} {'IoU':>7} {'level':>9}" + (f" {'alpha':>7}" if a.by == "causal" else ""))
         for r in rows:
-            print(f"{r['rank']:>4} {r['unit']:>5} {r['iou']:>7.4f} {r['level']:>9.4g}")
+            print(f"{r['rank']:>4} {r['unit']:>5} {r['iou']:>7.4f} {r['level']:>9.4g}"
+                  + (f" {r['alpha']:>7.3f}" if "alpha" in r else ""))
+    return run
+
+
+@command("rank-causal", "learn causal unit rankings: the units whose removal takes a concept away most")
+def _rank_causal(p):
+    _model_flags(p)
+    p.add_argument("--concepts", nargs="+", required=True)
+    p.add_argument("--samples", type=int, default=256, help="latents the coefficients are learned on")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--penalty", type=float, default=0.01, help="L1 weight on the coefficients (sparsity)")
+    p.add_argument("--threads", type=int, default=None)
+
+    def run(a):
+        from . import causal
+        _threads(a)
+        painter, seg = _painter(a)
+        causal.learn_all(painter.generator, seg, painter.dissection, a.dissection, a.concepts,
+                         painter.layer, samples=a.samples, steps=a.steps,
+                         batch_size=a.batch_size, penalty=a.penalty)
+        print(f"wrote {Path(a.dissection) / 'causal.json'}")
     return run
 
 
@@ -218,20 +243,24 @@ def _painter(a):
     return Painter(g, d, a.layer), seg
 
 
-def _experiment_args(p):
+def _model_flags(p):
     p.add_argument("--dissection", required=True, help="dissection directory")
     p.add_argument("--model", default=None, help="generator (default: the dissection's)")
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--segmenter", default=None, help="segmenter (default: the dissection's)")
     p.add_argument("--segmenter-arg", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--layer", default=None, help="layer (default: the first dissected one)")
+    p.add_argument("--device", default=None)
+
+
+def _experiment_args(p):
+    _model_flags(p)
     p.add_argument("--concept", required=True)
     p.add_argument("--samples", type=int, default=500)
     p.add_argument("--seed", type=int, default=1, help="latent seed (the dissection uses 0)")
     p.add_argument("--batch-size", type=int, default=25)
     p.add_argument("--out", default=None, help="where JSON and PNG go (default: <dissection>/experiments)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--device", default=None)
 
 
 @command("ablate", "zero a concept's top-k units and measure how much of the concept goes away")
@@ -240,6 +269,8 @@ def _ablate(p):
     p.add_argument("--k", type=int, nargs="+", default=[0, 1, 2, 4, 8, 12, 16, 20, 30])
     p.add_argument("--local", action="store_true",
                    help="ablate only at feature cells where the concept is, and measure there")
+    p.add_argument("--ranking", default=None, choices=["iou", "causal"],
+                   help="which top-k units: by IoU or by the learned causal ranking (default: causal if learned)")
 
     def run(a):
         from pathlib import Path
@@ -248,8 +279,9 @@ def _ablate(p):
         out = Path(a.out or Path(a.dissection) / "experiments")
         out.mkdir(parents=True, exist_ok=True)
         r = experiments.ablation(painter, seg, a.concept, a.k, a.samples, a.batch_size, a.seed,
-                                 a.local, progress=not a.json, strip_dir=out)
-        stem = f"ablate_{r['concept']}" + ("_local" if a.local else "")
+                                 a.local, progress=not a.json, strip_dir=out, by=a.ranking)
+        stem = f"ablate_{r['concept']}" + ("_local" if a.local else "") + (
+            f"_{a.ranking}" if a.ranking else "")
         experiments.save(r, out, stem)
         plots.ablation_curve(r, out / f"{stem}.png")
         if a.json:

@@ -267,6 +267,11 @@ def load_dissection(path) -> dict:
     if not f.exists():
         raise FileNotFoundError(f"{f}: no dissection here (run `ganpaint dissect --out {path}`)")
     try:
-        return json.loads(f.read_text())
+        d = json.loads(f.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{f}: corrupt dissection file: {e}") from None
+    from . import causal
+    for layer, learned in causal.load(f.parent).items():
+        if layer in d["layers"]:
+            d["layers"][layer]["causal"] = learned
+    return d

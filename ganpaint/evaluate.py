@@ -75,6 +75,7 @@ def eval_gan(generator, segmenter, dissection=None, samples=1000, batch_size=50,
         result["door_gain_wall"] = ctx.get("building", {}).get("mean_added", 0.0)
         result["door_gain_sky"] = ctx.get("sky", {}).get("mean_added", 0.0)
         result["door_context"] = ctx
+        result["rankings"] = {"tree": ab["ranking"], "door": ins["ranking"]}
     return result
 
 

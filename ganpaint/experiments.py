@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from .intervene import Painter, Stroke
 from .labels import lookup
+from .ranking import best_ranking, top_units
 from .scenes import to_uint8_images
 
 EXPERIMENT_SEED = 1  # latents for experiments: not the dissection's default seed 0
@@ -37,13 +38,15 @@ def _cell_mask(labels, c, grid):
 
 def ablation(painter: Painter, segmenter, concept: str, ks=(0, 1, 2, 4, 8, 12, 16, 20, 30),
              samples=500, batch_size=25, seed=EXPERIMENT_SEED, local=False, progress=True,
-             strip_dir: Path | None = None) -> dict:
+             strip_dir: Path | None = None, by: str | None = None) -> dict:
+    """`by`: "iou" or "causal" (the learned ranking); default: causal when learned."""
     g = painter.generator
     c = lookup(concept, segmenter.concepts)
     name = segmenter.concepts[c]
     ks = sorted({int(k) for k in ks})
     n_units = painter.dissection["layers"][painter.layer]["units"]
-    ranked = [r["unit"] for r in painter.dissection["layers"][painter.layer]["ranking"].get(name, [])]
+    by = by or best_ranking(painter.dissection, name, painter.layer)
+    ranked = top_units(painter.dissection, name, painter.layer, n_units, by)
     if len(ranked) < max(ks):  # units with zero IoU come after, in index order
         ranked += [u for u in range(n_units) if u not in set(ranked)]
     perm = np.random.default_rng(seed + 1000).permutation(n_units).tolist()
@@ -76,7 +79,7 @@ def ablation(painter: Painter, segmenter, concept: str, ks=(0, 1, 2, 4, 8, 12, 1
                     shots.append((base[:6], edited[:6]))
     pixels = samples * int(np.prod(lab.shape[-2:]))
     result = {"concept": name, "layer": painter.layer, "samples": samples, "seed": seed,
-              "local": bool(local), "k": ks, "pixels_before": before,
+              "local": bool(local), "ranking": by, "k": ks, "pixels_before": before,
               "fraction_before": before / pixels,
               "fraction_after": [after[k] / pixels for k in ks],
               "removed": [1 - after[k] / max(before, 1) for k in ks],
@@ -132,6 +135,7 @@ def insertion(painter: Painter, segmenter, concept="door", units=20, samples=500
     context = {k: {"n": len(v), "mean_added": float(np.mean(v))}
                for k, v in sorted(added.items(), key=lambda kv: -np.mean(kv[1]))}
     return {"concept": name, "layer": painter.layer, "units": units, "quantile": quantile,
+            "ranking": best_ranking(painter.dissection, name, painter.layer),
             "samples": samples, "cells_per_sample": cells_per_sample, "seed": seed,
             "pixels_per_cell": ch * cw, "context": context}
 

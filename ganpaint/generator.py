@@ -37,11 +37,11 @@ class Generator:
         resolve(self.model, name)
         return name
 
-    @torch.no_grad()
-    def run(self, z, layers=(), edit=None, stop=False):
-        """(images or None if stopped early, {layer: output}) for latents z."""
+    def run(self, z, layers=(), edit=None, stop=False, grad=False):
+        """(images or None if stopped early, {layer: output}) for latents z.
+        `grad=True` keeps the graph (causal rankings learn through edits)."""
         images = None
-        with Trace(self.model, layers, edit=edit, stop=stop) as tr:
+        with torch.set_grad_enabled(grad), Trace(self.model, layers, edit=edit, stop=stop) as tr:
             images = self.model(z.to(self.device))
         return images, tr.outputs
 
@@ -58,14 +58,14 @@ class Generator:
         children = self._children()
         return children is not None and layer in dict(children)
 
-    @torch.no_grad()
-    def forward_from(self, layer: str, features: torch.Tensor) -> torch.Tensor:
+    def forward_from(self, layer: str, features: torch.Tensor, grad=False) -> torch.Tensor:
         """Run the layers after `layer` on its (possibly edited) output."""
         children = self._children()
         names = [n for n, _ in children] if children else []
         if layer not in names:
             raise unknown("split layer", layer, names)
         x = features
-        for _, module in children[names.index(layer) + 1:]:
-            x = module(x)
+        with torch.set_grad_enabled(grad):
+            for _, module in children[names.index(layer) + 1:]:
+                x = module(x)
         return x

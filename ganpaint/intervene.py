@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .ranking import layer_of, top_units
+from .ranking import best_ranking, layer_of, top_units
 
 
 @dataclass
@@ -79,10 +79,12 @@ class Painter:
 
     def stroke(self, concept: str, mask, action="draw", units=10, strength=1.0,
                quantile="0.01") -> Stroke:
-        """A stroke that draws (inserts) or removes (ablates) `concept`'s top `units` units."""
+        """A stroke that draws (inserts) or removes (ablates) `concept`'s top `units` units
+        (by the learned causal ranking when there is one, else by IoU)."""
         if action not in ("draw", "remove"):
             raise ValueError(f"action must be 'draw' or 'remove', not {action!r}")
-        chosen = top_units(self.dissection, concept, self.layer, int(units))
+        by = best_ranking(self.dissection, concept, self.layer)
+        chosen = top_units(self.dissection, concept, self.layer, int(units), by)
         value = None if action == "remove" else self.level(chosen, quantile) * float(strength)
         return Stroke(chosen, torch.as_tensor(mask, dtype=torch.float32), value)
 

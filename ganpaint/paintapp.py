@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from .intervene import Painter, Stroke
-from .ranking import concept_table, rank_units
+from .ranking import best_ranking, concept_table, rank_units, top_units
 from .scenes import to_uint8_images
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -150,12 +150,15 @@ class PaintApp:
         """[(strip image, caption)] for the concept's best units, plus a table of them."""
         from .report import unit_strips
         from .sources import GeneratorSource
-        rows = rank_units(self.dissection, concept, self.painter.layer, top)
+        by = best_ranking(self.dissection, concept, self.painter.layer)
+        rows = rank_units(self.dissection, concept, self.painter.layer, top, by)
         src = GeneratorSource(self.painter.generator, None, self.dissection.get("seed", 0))
         with self.lock:
             strips = unit_strips(self.dissection, src, self.painter.layer, [r["unit"] for r in rows], n=4)
-        items = [(strips[r["unit"]], f"unit {r['unit']} · IoU {r['iou']:.3f}") for r in rows]
-        table = [[r["rank"], r["unit"], round(r["iou"], 4), round(r["level"], 3)] for r in rows]
+        alpha = lambda r: f" · causal α {r['alpha']:.2f}" if "alpha" in r else ""  # noqa: E731
+        items = [(strips[r["unit"]], f"unit {r['unit']} · IoU {r['iou']:.3f}{alpha(r)}") for r in rows]
+        table = [[r["rank"], r["unit"], round(r["iou"], 4), round(r["level"], 3), r.get("alpha", "")]
+                 for r in rows]
         return items, table
 
     def unit_concepts(self, unit: int):
@@ -167,8 +170,8 @@ class PaintApp:
 
     def ablate_view(self, concept: str, k: int, seed: int, samples: int = 4):
         """Scenes before / after zeroing the concept's top-k units everywhere."""
-        from .ranking import top_units
-        units = top_units(self.dissection, concept, self.painter.layer, int(k))
+        by = best_ranking(self.dissection, concept, self.painter.layer)
+        units = top_units(self.dissection, concept, self.painter.layer, int(k), by)
         z = self.painter.generator.latents(range(int(seed), int(seed) + samples), seed=0)
         with self.lock:
             before = to_uint8_images(self.painter.render(z))
@@ -226,7 +229,8 @@ def build_demo(app: PaintApp, curves_dir: Path | None = None):
                 u_show = gr.Button("show units")
             gallery = gr.Gallery(label="top units: their top-activating scenes, region above the level outlined",
                                  columns=2, height=600)
-            u_table = gr.Dataframe(headers=["rank", "unit", "IoU", "level"], label="ranking")
+            u_table = gr.Dataframe(headers=["rank", "unit", "IoU", "level", "causal α"],
+                                   label="ranking (by causal effect when learned, else by IoU)")
             with gr.Row():
                 u_unit = gr.Number(value=0, precision=0, label="unit")
                 u_btn = gr.Button("best concepts of this unit")

@@ -13,18 +13,45 @@ def layer_of(dissection: dict, layer: str | None) -> str:
     return layer
 
 
-def rank_units(dissection: dict, concept: str, layer: str | None = None, top: int = 20) -> list[dict]:
-    """[{rank, unit, iou, level}] of the `top` units of `layer` for `concept`, best first."""
+RANKINGS = ("iou", "causal")  # by IoU, or by learned causal effect (see causal.py)
+
+
+def rank_units(dissection: dict, concept: str, layer: str | None = None, top: int = 20,
+               by: str = "iou") -> list[dict]:
+    """[{rank, unit, iou, level, alpha?}] of the `top` units of `layer` for `concept`, best first.
+
+    by="iou": IoU with the concept; by="causal": the learned causal ranking (`ganpaint rank-causal`)."""
     layer = layer_of(dissection, layer)
     name = dissection["concepts"][lookup(concept, dissection["concepts"])]
     lay = dissection["layers"][layer]
-    rows = lay["ranking"].get(name, [])[:top]
-    return [{"rank": i + 1, "unit": r["unit"], "iou": r["iou"],
-             "level": lay["unit_stats"][r["unit"]]["level"]} for i, r in enumerate(rows)]
+    stats = lay["unit_stats"]
+    if by == "iou":
+        rows = lay["ranking"].get(name, [])[:top]
+    elif by == "causal":
+        learned = lay.get("causal", {})
+        if name not in learned:
+            raise KeyError(f"no causal ranking for {name!r} in layer {layer} (have: "
+                           f"{', '.join(sorted(learned)) or 'none'}); run `ganpaint rank-causal "
+                           f"--concepts {name}`")
+        rows = learned[name]["ranking"][:top]
+    else:
+        raise unknown("ranking", by, RANKINGS)
+    iou = {r["unit"]: r["iou"] for r in lay["ranking"].get(name, [])}
+    return [{"rank": i + 1, "unit": r["unit"], "iou": iou.get(r["unit"], 0.0),
+             "level": stats[r["unit"]]["level"], **({"alpha": r["alpha"]} if "alpha" in r else {})}
+            for i, r in enumerate(rows)]
 
 
-def top_units(dissection: dict, concept: str, layer: str | None = None, n: int = 20) -> list[int]:
-    return [r["unit"] for r in rank_units(dissection, concept, layer, n)]
+def best_ranking(dissection: dict, concept: str, layer: str | None = None) -> str:
+    """"causal" when a causal ranking was learned for the concept, else "iou"."""
+    lay = dissection["layers"][layer_of(dissection, layer)]
+    name = dissection["concepts"][lookup(concept, dissection["concepts"])]
+    return "causal" if name in lay.get("causal", {}) else "iou"
+
+
+def top_units(dissection: dict, concept: str, layer: str | None = None, n: int = 20,
+              by: str = "iou") -> list[int]:
+    return [r["unit"] for r in rank_units(dissection, concept, layer, n, by)]
 
 
 def concept_table(dissection: dict, layer: str | None = None) -> list[dict]:

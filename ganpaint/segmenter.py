@@ -25,7 +25,8 @@ class Segmenter:
 
     - `concepts`: list of concept names; label i of a map means `concepts[i]`.
     - `segment(images, size=None)`: long (N, size, size) label map (size defaults to H).
-    - `probabilities(images, size=None)`: float (N, C, size, size), optional.
+    - `probabilities(images, size=None, grad=False)`: float (N, C, size, size), optional;
+      `grad=True` (optional too) keeps the graph, which causal unit rankings learn through.
     """
 
     concepts: list[str] = []
@@ -33,7 +34,7 @@ class Segmenter:
     def segment(self, images: torch.Tensor, size: int | None = None) -> torch.Tensor:
         return self.probabilities(images, size).argmax(1)
 
-    def probabilities(self, images: torch.Tensor, size: int | None = None) -> torch.Tensor:
+    def probabilities(self, images: torch.Tensor, size: int | None = None, grad=False) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} gives label maps only")
 
 
@@ -82,16 +83,16 @@ class UNetSegmenter(Segmenter):
                               align_corners=False, antialias=True)
         return x
 
-    @torch.no_grad()
-    def logits(self, images, size=None):
-        out = self.net(self._prepare(images))
-        size = size or images.shape[-1]
-        if out.shape[-1] != size:
-            out = F.interpolate(out, size=(size, size), mode="bilinear", align_corners=False)
+    def logits(self, images, size=None, grad=False):
+        with torch.set_grad_enabled(grad):
+            out = self.net(self._prepare(images))
+            size = size or images.shape[-1]
+            if out.shape[-1] != size:
+                out = F.interpolate(out, size=(size, size), mode="bilinear", align_corners=False)
         return out
 
-    def probabilities(self, images, size=None):
-        return self.logits(images, size).softmax(1)
+    def probabilities(self, images, size=None, grad=False):
+        return self.logits(images, size, grad).softmax(1)
 
     def segment(self, images, size=None):
         return self.logits(images, size).argmax(1)

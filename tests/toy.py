@@ -1,4 +1,6 @@
 """A tiny generator and segmenter for tests, loaded through the import-path flags."""
+from collections import OrderedDict
+
 import torch
 
 from ganpaint.progan import ProGAN
@@ -39,3 +41,35 @@ def tiny_classifier(seed=0):
     from ganpaint.classifier import SceneCNN
     torch.manual_seed(seed)
     return SceneCNN(widths=(4, 4, 8, 8, 8))
+
+
+class _Unflatten(torch.nn.Module):
+    def forward(self, x):
+        return x.reshape(x.shape[0], 8, 4, 4)
+
+
+def causal_generator():
+    """A generator whose brightness is drawn by units 0 and 1 of `layer1` only; unit 2 copies
+    unit 0's activation (it correlates perfectly) but draws nothing: a decoy for rankings."""
+    torch.manual_seed(0)
+    dense = torch.nn.Linear(4, 8 * 16)
+    with torch.no_grad():
+        w = dense.weight.reshape(8, 16, 4)
+        w[2], dense.bias.reshape(8, 16)[2] = w[0], dense.bias.reshape(8, 16)[0]
+    out = torch.nn.Conv2d(8, 3, 1)
+    with torch.no_grad():
+        out.weight.zero_()
+        out.weight[:, :2] = 1.5
+        out.bias.fill_(-1.0)
+    return torch.nn.Sequential(OrderedDict(
+        layer1=torch.nn.Sequential(dense, _Unflatten(), torch.nn.ReLU()), output=out))
+
+
+class SoftSegmenter(Segmenter):
+    """Differentiable two-concept segmenter: 'dark' vs 'bright' from mean intensity."""
+    concepts = ["dark", "bright"]
+
+    def probabilities(self, images, size=None, grad=False):
+        with torch.set_grad_enabled(grad):
+            m = images.mean(1, keepdim=True) * 4
+            return torch.cat([-m, m], 1).softmax(1)
