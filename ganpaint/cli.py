@@ -275,13 +275,15 @@ def _ablate(p):
     def run(a):
         from pathlib import Path
         from . import experiments, plots
+        from .labels import lookup
         painter, seg = _painter(a)
         out = Path(a.out or Path(a.dissection) / "experiments")
         out.mkdir(parents=True, exist_ok=True)
+        stem = f"ablate_{seg.concepts[lookup(a.concept, seg.concepts)]}" + (
+            "_local" if a.local else "") + (f"_{a.ranking}" if a.ranking else "")
         r = experiments.ablation(painter, seg, a.concept, a.k, a.samples, a.batch_size, a.seed,
-                                 a.local, progress=not a.json, strip_dir=out, by=a.ranking)
-        stem = f"ablate_{r['concept']}" + ("_local" if a.local else "") + (
-            f"_{a.ranking}" if a.ranking else "")
+                                 a.local, progress=not a.json, strip=out / f"{stem}_strip.png",
+                                 by=a.ranking)
         experiments.save(r, out, stem)
         plots.ablation_curve(r, out / f"{stem}.png")
         if a.json:

@@ -38,8 +38,9 @@ def _cell_mask(labels, c, grid):
 
 def ablation(painter: Painter, segmenter, concept: str, ks=(0, 1, 2, 4, 8, 12, 16, 20, 30),
              samples=500, batch_size=25, seed=EXPERIMENT_SEED, local=False, progress=True,
-             strip_dir: Path | None = None, by: str | None = None) -> dict:
-    """`by`: "iou" or "causal" (the learned ranking); default: causal when learned."""
+             strip: Path | None = None, by: str | None = None) -> dict:
+    """`by`: "iou" or "causal" (the learned ranking); default: causal when learned.
+    `strip`: a PNG path for six scenes before (top) and after (bottom) ablating k = 20 units."""
     g = painter.generator
     c = lookup(concept, segmenter.concepts)
     name = segmenter.concepts[c]
@@ -75,7 +76,7 @@ def ablation(painter: Painter, segmenter, concept: str, ks=(0, 1, 2, 4, 8, 12, 1
                     continue
                 edited = painter.render(z, [Stroke(units, cells)])
                 acc[k] += int(((segmenter.segment(edited) == c) & region).sum())
-                if strip_dir is not None and acc is after and k == _strip_k(ks) and not shots:
+                if strip is not None and acc is after and k == _strip_k(ks) and not shots:
                     shots.append((base[:6], edited[:6]))
     pixels = samples * int(np.prod(lab.shape[-2:]))
     result = {"concept": name, "layer": painter.layer, "samples": samples, "seed": seed,
@@ -85,12 +86,11 @@ def ablation(painter: Painter, segmenter, concept: str, ks=(0, 1, 2, 4, 8, 12, 1
               "removed": [1 - after[k] / max(before, 1) for k in ks],
               "random_fraction_after": [after_random[k] / pixels for k in ks],
               "random_removed": [1 - after_random[k] / max(before, 1) for k in ks]}
-    if strip_dir is not None and shots:
+    if strip is not None and shots:
         b, e = shots[0]
-        strip = np.concatenate([np.concatenate(list(to_uint8_images(b)), 1),
-                                np.concatenate(list(to_uint8_images(e)), 1)], 0)
-        Image.fromarray(strip).resize((strip.shape[1] * 2, strip.shape[0] * 2), Image.NEAREST).save(
-            Path(strip_dir) / f"ablate_{name}_strip.png")
+        pic = np.concatenate([np.concatenate(list(to_uint8_images(b)), 1),
+                              np.concatenate(list(to_uint8_images(e)), 1)], 0)
+        Image.fromarray(pic).resize((pic.shape[1] * 2, pic.shape[0] * 2), Image.NEAREST).save(strip)
         result["strip_k"] = _strip_k(ks)
     return result
 

@@ -27,7 +27,8 @@ def ablation_curve(result: dict, path: Path):
     """Portion of the concept's pixels removed vs number of units ablated, ranked vs random."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5, 3.4), dpi=100)
-    ax.plot(result["k"], result["removed"], "o-", label=f"top-k {result['concept']} units (by IoU)")
+    ax.plot(result["k"], result["removed"], "o-", label=f"top-k {result['concept']} units "
+            f"({'causal ranking' if result.get('ranking') == 'causal' else 'by IoU'})")
     ax.plot(result["k"], result["random_removed"], "s--", color="gray", label="k random units")
     ax.set_xlabel("units ablated (k)")
     ax.set_ylabel(f"portion of {result['concept']} pixels removed")

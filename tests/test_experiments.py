@@ -7,7 +7,7 @@ from tests.test_intervene import painter  # noqa: F401  (module fixture)
 from tests.toy import ToySegmenter
 
 
-def test_ablation_curve_shape_and_reproducible(painter):
+def test_ablation_curve_shape_and_reproducible(painter, tmp_path):
     seg = ToySegmenter()
     r = experiments.ablation(painter, seg, "red", [0, 2, 8], samples=30, batch_size=10, progress=False)
     assert r["k"] == [0, 2, 8] and r["removed"][0] == 0 and r["random_removed"][0] == 0
@@ -16,8 +16,12 @@ def test_ablation_curve_shape_and_reproducible(painter):
     assert r == experiments.ablation(painter, seg, "red", [0, 2, 8], samples=30, batch_size=10,
                                      progress=False)
     local = experiments.ablation(painter, seg, "red", [0, 8], samples=30, batch_size=10,
-                                 local=True, progress=False)
+                                 local=True, progress=False, strip=tmp_path / "s.png")
     assert local["local"] and local["pixels_before"] <= r["pixels_before"]
+    from PIL import Image
+    pic = np.asarray(Image.open(tmp_path / "s.png"))  # six scenes before (top) and after (bottom)
+    assert pic.shape[0] == 2 * 2 * 16 and local["strip_k"] == 8
+    assert not np.array_equal(pic[:32], pic[32:])
 
 
 def test_insertion_groups_by_context(painter):
