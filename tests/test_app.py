@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from ganpaint.dissect import dissect
-from ganpaint.paintapp import VIEW, PaintApp, Session
+from ganpaint.paintapp import CANVAS, VIEW, PaintApp, Session
 from tests.test_dissect import source
 
 
@@ -16,14 +16,14 @@ def app(tmp_path_factory):
 
 
 def stroke_layer(y0, y1, x0, x1):
-    layer = np.zeros((VIEW, VIEW, 4), np.uint8)
+    layer = np.zeros((CANVAS, CANVAS, 4), np.uint8)  # the brush canvas's resolution
     layer[y0:y1, x0:x1] = (255, 48, 144, 255)
     return layer
 
 
 def test_new_scene(app):
     editor, session, grid, path, msg = app.new_scene(3)
-    assert editor["background"].shape == (VIEW, VIEW, 3)
+    assert editor["background"].shape == (CANVAS, CANVAS, 3) and editor["composite"] is None
     assert session.seed == 3 and session.strokes == []
     assert grid.shape == (VIEW, VIEW, 3) and path.endswith(".png")
 
@@ -31,14 +31,15 @@ def test_new_scene(app):
 def test_paint_changes_inside_and_undo_restores(app):
     editor, session, *_ = app.new_scene(4)
     before = editor["background"].astype(int)
-    editor = {**editor, "layers": [stroke_layer(0, 64, 0, 64)]}  # top-left grid cell
+    cell = CANVAS // 8
+    editor = {**editor, "layers": [stroke_layer(0, cell, 0, cell)]}  # top-left grid cell
     concept = app.concepts[0]
     ed2, s2, *_, msg = app.paint(editor, session, concept, "remove", "high (20 units)", 1.0)
     after = ed2["background"].astype(int)
     assert len(s2.strokes) == 1 and session.strokes == []  # the old state is not mutated
     diff = np.abs(after - before).sum(-1)
-    assert diff[:64, :64].mean() > 1
-    assert diff[VIEW // 2:, VIEW // 2:].max() == 0  # far outside the receptive field
+    assert diff[:cell, :cell].mean() > 1
+    assert diff[CANVAS // 2:, CANVAS // 2:].max() == 0  # far outside the receptive field
     ed3, s3, *_ = app.undo(s2)
     assert np.array_equal(ed3["background"], editor["background"]) and s3.strokes == []
 
@@ -52,7 +53,7 @@ def test_empty_stroke_is_reported(app):
 def test_sessions_are_independent(app):
     ea, sa, *_ = app.new_scene(6)
     eb, sb, *_ = app.new_scene(6)
-    ea2, sa2, *_ = app.paint({**ea, "layers": [stroke_layer(0, 512, 0, 512)]}, sa,
+    ea2, sa2, *_ = app.paint({**ea, "layers": [stroke_layer(0, CANVAS, 0, CANVAS)]}, sa,
                              app.concepts[0], "remove", "high (20 units)", 1.0)
     eb2, *_ = app.reset(sb)
     assert not np.array_equal(ea2["background"], eb2["background"])

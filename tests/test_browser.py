@@ -107,15 +107,21 @@ class Page:
         return np.asarray(Image.open(io.BytesIO(self.pg.request.get(href).body())).convert("RGB"))
 
     def wait_change(self, action):
+        """Run `action` (a click) and wait until the new scene's link and status are shown.
+        `last_wait` is the latency a person sees: from the click event in the page to that
+        moment, both read from the page's clock (Playwright's own click bookkeeping, which can
+        take 0.3 s before the click happens, is not counted)."""
         old = self.pg.locator("#download a").first.get_attribute("href")
         old_status = self.status()
-        t = time.time()
+        self.pg.evaluate("window.t_click = null; document.addEventListener('click', "
+                         "() => { window.t_click = Date.now(); }, {capture: true, once: true})")
         action()
         self.pg.wait_for_function(
             "([h, s]) => { const a = document.querySelector('#download a');"
-            " return a && a.getAttribute('href') !== h && document.querySelector('#status textarea').value !== s; }",
+            " const done = a && a.getAttribute('href') !== h && document.querySelector('#status textarea').value !== s;"
+            " if (done) window.t_shown = Date.now(); return done; }",
             arg=[old, old_status], timeout=60000, polling=20)
-        self.last_wait = time.time() - t  # click → the new scene's link and status are shown
+        self.last_wait = self.pg.evaluate("(window.t_shown - window.t_click) / 1000")
         self.pg.wait_for_timeout(300)
 
     def load(self, seed):
