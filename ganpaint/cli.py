@@ -140,7 +140,7 @@ def _dissect(p):
                         "0.005 for classifiers as in Network Dissection)")
     p.add_argument("--bins", type=int, default=1024, help="histogram bins per unit (accuracy vs memory)")
     p.add_argument("--tail", type=float, default=None,
-                   help="share of each unit's top activations histogrammed (default 10·q, at most 0.5); "
+                   help="share of each unit's top activations histogrammed (default 5·q, at most 0.5); "
                         "1.0 also finds each unit's best threshold per concept over its whole range "
                         "(2018 GAN Dissection style; counting is slower)")
     p.add_argument("--seg-size", type=int, default=None, help="label map resolution (default: image size)")

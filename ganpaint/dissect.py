@@ -170,6 +170,9 @@ def _start(source, layers, concepts, quantile, bins, topk, batch_size, samples, 
             edges = st.edges.to(_comm_device(dist))
             dist.broadcast(edges, src=0)
             st.edges = edges.cpu()
+            tie = torch.stack([st.tie.to(torch.float64), st.tie_value]).to(_comm_device(dist))
+            dist.broadcast(tie, src=0)
+            st.tie, st.tie_value = tie[0].cpu().bool(), tie[1].cpu()
         stats[name] = st
     return stats, ((acts, labels) if rank == 0 else None)
 
@@ -185,6 +188,9 @@ def _reduce(stats, dist, world):
             dist.all_reduce(on)
             t.copy_(on.cpu())
         st.pixels = int(counts[2].item())
+        low = st.raw_min.to(dev)
+        dist.all_reduce(low, op=dist.ReduceOp.MIN)
+        st.raw_min = low.cpu()
         vals = [torch.zeros_like(st.top_values, device=dev) for _ in range(world)]
         idx = [torch.zeros_like(st.top_index, device=dev) for _ in range(world)]
         dist.all_gather(vals, st.top_values.contiguous().to(dev))

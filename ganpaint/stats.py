@@ -8,9 +8,12 @@ level is read off the histogram (interpolated inside one bin) and so are the int
 at that level, so the generator and segmenter run once per sample.
 
 Bins are placed in *rank* space from a warm-up batch: 3/4 of them at equally spaced quantiles
-between ranks 1 − 10q and 1 − q/20 of the warm-up values, the rest above (evenly, then
-geometrically growing up to 1000× the warm-up range), plus an overflow bin. Each bin thus holds a tiny share of the pixels
-(about 10q / (3/4 · bins)), which bounds the error: the rank error of a level is at most its
+between ranks 1 − tail (default tail = 5q) and 1 − q/20 of the warm-up values, the rest above
+(evenly, then geometrically growing up to 1000× the warm-up range), plus an overflow bin. Only
+pixels at or above the floor are binned (5 % of them at q = 1 %: the cost of counting); the 5×
+margin keeps the level above the floor although the warm-up batch is small (a level that falls
+below it is clamped and reported as inexact). Each bin thus holds a tiny share of the pixels
+(about 5q / (3/4 · bins)), which bounds the error: the rank error of a level is at most its
 bin's share of all pixels, and the intersection count is off by at most a fraction of one
 bin. Both bounds are computed and reported per unit. Memory: units × (bins + 1) × concepts
 counts, whatever the number of samples. All counts are integers, so merging (resume, several
@@ -29,7 +32,7 @@ class TailStats:
         self.units, self.concepts, self.quantile, self.bins, self.topk = (
             int(units), int(concepts), float(quantile), int(bins), int(topk))
         # share of the pixels (the top of each unit's range) that the histogram covers
-        self.tail = min(0.5, 10 * self.quantile) if tail is None else float(tail)
+        self.tail = min(0.5, 5 * self.quantile) if tail is None else float(tail)
         if not 0 < self.tail <= 1 or self.tail < self.quantile:
             raise ValueError(f"tail must be in [quantile, 1], got {self.tail}")
         self.edges = None  # (U, bins + 1) float64, strictly increasing per unit
@@ -38,6 +41,12 @@ class TailStats:
         self.pixels = 0
         self.top_values = torch.full((self.units, 0), float("-inf"))
         self.top_index = torch.zeros((self.units, 0), dtype=torch.int64)
+        # units whose floor sits just above a tie at the warm-up minimum (see init_edges), that
+        # minimum, and the lowest raw activation seen: if nothing fell below the minimum, a
+        # level under the floor is exactly that minimum
+        self.tie = torch.zeros(self.units, dtype=torch.bool)
+        self.tie_value = torch.zeros(self.units, dtype=torch.float64)
+        self.raw_min = torch.full((self.units,), float("inf"), dtype=torch.float64)
 
     # -- bins ---------------------------------------------------------------------------
     def floor_rank(self) -> float:
@@ -45,8 +54,8 @@ class TailStats:
 
     def init_edges(self, values: torch.Tensor) -> None:
         """Place the bins from warm-up values (U, M) of upsampled activations."""
-        v = values.detach().to("cpu", torch.float64).sort(dim=1).values
-        m = v.shape[1]
+        values = values.detach().to("cpu", torch.float64)
+        m = values.shape[1]
         main = (3 * self.bins) // 4
         near = 1.0 - min(self.tail, 10 * self.quantile)  # dense bins around the level
         ranks = torch.linspace(near, 1.0 - self.quantile / 20, main + 1, dtype=torch.float64)
@@ -58,6 +67,11 @@ class TailStats:
         pos = ranks * (m - 1)
         lo, hi = pos.floor().long(), pos.ceil().long()
         frac = pos - lo
+        # only the ranks above the floor are read: sort just the top values (v[:, j] is the
+        # (first + j)-th smallest), not all of them
+        first = int(lo.min())
+        v = values.topk(m - first, dim=1).values.flip(1)
+        lo, hi = lo - first, hi - first
         q = v[:, lo] * (1 - frac) + v[:, hi] * frac  # (U, main + 1)
         # above the warm-up's quantiles: half the remaining bins evenly up to the warm-up
         # range past its maximum, then geometrically growing ones up to 1000× that range, so a
@@ -71,7 +85,14 @@ class TailStats:
         edges = torch.cat([q, upper], 1)
         span = (edges[:, -1] - edges[:, 0]).abs() + edges[:, 0].abs() + 1e-6
         edges = edges + torch.arange(self.bins + 1, dtype=torch.float64)[None] * span[:, None] * 1e-9
-        self.edges = torch.cummax(edges, 1).values.to(torch.float32).to(torch.float64)
+        e32 = torch.cummax(edges, 1).values.to(torch.float32)
+        # A floor at the warm-up's minimum means a mass of ties there (ReLU zeros, mostly):
+        # start just above it. Thresholds are strict (act > level), so pixels at the minimum
+        # never count, and binning them would cost most of the time for such units.
+        at_min = e32[:, 0] <= values.min(1).values.to(torch.float32)
+        self.tie, self.tie_value = at_min, e32[:, 0].to(torch.float64)
+        e32[:, 0] = torch.where(at_min, torch.nextafter(e32[:, 0], torch.tensor(float("inf"))), e32[:, 0])
+        self.edges = torch.cummax(e32, 1).values.to(torch.float64)
 
     def _on(self, device):
         """Bins and accumulators on `device` (counting happens where the activations are)."""
@@ -125,6 +146,8 @@ class TailStats:
                 b * self.concepts + labs[pix].long(), minlength=per_unit)
         self._acc_cp += torch.bincount(seg.reshape(-1).long(), minlength=self.concepts)
         self.pixels += int(seg.numel())
+        # bilinear upsampling never goes below the raw minimum
+        self.raw_min = torch.minimum(self.raw_min, a.amin((1, 2, 3)).to("cpu", torch.float64))
 
     def update_top(self, peaks: torch.Tensor, indices: torch.Tensor) -> None:
         """Keep, per unit, the top-k samples by peak activation; ties go to the lower index."""
@@ -140,6 +163,7 @@ class TailStats:
         self.joint += other.joint
         self.concept_pixels += other.concept_pixels
         self.pixels += other.pixels
+        self.raw_min = torch.minimum(self.raw_min, other.raw_min)
         self._merge_top(other.top_values, other.top_index)
 
     def _merge_top(self, vals, idx):
@@ -156,13 +180,17 @@ class TailStats:
         return {"units": self.units, "concepts": self.concepts, "quantile": self.quantile,
                 "bins": self.bins, "topk": self.topk, "tail": self.tail, "edges": self.edges, "joint": self.joint,
                 "concept_pixels": self.concept_pixels, "pixels": self.pixels,
-                "top_values": self.top_values, "top_index": self.top_index}
+                "top_values": self.top_values, "top_index": self.top_index,
+                "tie": self.tie, "tie_value": self.tie_value, "raw_min": self.raw_min}
 
     @classmethod
     def from_state_dict(cls, s: dict) -> "TailStats":
         st = cls(s["units"], s["concepts"], s["quantile"], s["bins"], s["topk"], s.get("tail"))
         for k in ("edges", "joint", "concept_pixels", "pixels", "top_values", "top_index"):
             setattr(st, k, s[k])
+        for k in ("tie", "tie_value", "raw_min"):  # absent from files written before they existed
+            if k in s:
+                setattr(st, k, s[k])
         return st
 
     # -- results --------------------------------------------------------------------------
@@ -193,9 +221,10 @@ class TailStats:
         hi_edges = torch.cat([self.edges[:, 1:], top[:, None]], 1)
         hi = hi_edges.gather(1, b[:, None])[:, 0]
         level = hi - frac * (hi - lo)
-        level = torch.where(ok, level, self.edges[:, 0])
+        at_tie = ~ok & self.tie & (self.raw_min >= self.tie_value)  # the level is the tie itself
+        level = torch.where(ok, level, torch.where(at_tie, self.tie_value, self.edges[:, 0]))
         frac = torch.where(ok, frac, torch.ones_like(frac))
-        return level, b, frac, ok
+        return level, b, frac, ok | at_tie
 
     def iou(self, quantile: float | None = None):
         """IoU (U, C) of each unit's thresholded map with each concept, plus error bounds.
@@ -211,8 +240,8 @@ class TailStats:
         sure = above_next.gather(1, b[:, None, None].expand(-1, 1, self.concepts))[:, 0]
         inbin = joint.gather(1, b[:, None, None].expand(-1, 1, self.concepts))[:, 0]
         inter = sure + frac[:, None] * inbin
-        act = torch.where(ok, torch.full_like(level, q * self.pixels),
-                          above[:, 0].sum(1))[:, None]
+        total = above[:, 0].sum(1)  # pixels at or above the floor
+        act = torch.where(total >= q * self.pixels, torch.full_like(level, q * self.pixels), total)[:, None]
         cp = self.concept_pixels.to(torch.float64)[None]
         union = act + cp - inter
         iou = torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(inter))
