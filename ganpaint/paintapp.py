@@ -73,9 +73,10 @@ class PaintApp:
     def view(img: np.ndarray, size=VIEW) -> np.ndarray:
         return np.asarray(Image.fromarray(img).resize((size, size), Image.LANCZOS))
 
-    def grid_overlay(self, img: np.ndarray, session: Session) -> np.ndarray:
-        """The scene with the feature grid drawn faintly and the cells touched by strokes tinted."""
-        out = self.view(img).astype(np.float32)
+    def grid_overlay(self, view: np.ndarray, session: Session) -> np.ndarray:
+        """The scene (at VIEW px) with the feature grid drawn faintly and the cells touched by
+        strokes tinted."""
+        out = view.astype(np.float32)
         h, w = self.grid
         ch, cw = VIEW // h, VIEW // w
         for s in session.strokes:
@@ -88,11 +89,11 @@ class PaintApp:
         out[:, ::cw] = 0.5 * out[:, ::cw] + 127
         return out.clip(0, 255).astype(np.uint8)
 
-    def save(self, img: np.ndarray, session: Session) -> str:
-        """Write the edited scene as a PNG file (downloads are served as files)."""
+    def save(self, view: np.ndarray, session: Session) -> str:
+        """Write the edited scene (at VIEW px) as a PNG file (downloads are served as files)."""
         fd, path = tempfile.mkstemp(prefix=f"scene{session.seed}_", suffix=".png", dir=self.out_dir)
         os.close(fd)
-        Image.fromarray(self.view(img)).save(path, compress_level=1)
+        Image.fromarray(view).save(path, compress_level=1)
         return path
 
     # -- handlers -----------------------------------------------------------------------------
@@ -101,7 +102,8 @@ class PaintApp:
         # no composite: the editor shows the background when it has one, and the same image
         # twice would be encoded and fetched twice
         editor = {"background": self.view(img, CANVAS), "layers": [], "composite": None}
-        return editor, session, self.grid_overlay(img, session), self.save(img, session), message
+        view = self.view(img)
+        return editor, session, self.grid_overlay(view, session), self.save(view, session), message
 
     def new_scene(self, seed, session: Session | None = None):
         session = Session(seed=int(seed) if seed is not None else 0)

@@ -177,6 +177,17 @@ def concept_pixels(seg, img, concept, mask):
     return int(((lab == seg.concepts.index(concept)) & mask).sum())
 
 
+def paint_scene(page, model, find, concept, action):
+    """Load a scene with `find` in it and paint `action concept` over those grid cells.
+    Returns (cells, image before, image after)."""
+    seed, cells = find_scene(model, find)
+    page.load(seed)
+    before = page.image()
+    page.choose(concept, action)
+    page.paint(cells)
+    return cells, before, page.image()
+
+
 def test_paint_in_browser(server, model):
     """Stroke mechanics: a 'remove tree' stroke over a tree changes the scene inside the stroke
     and not far outside it; undo restores the previous image exactly; latency is printed."""
@@ -184,13 +195,8 @@ def test_paint_in_browser(server, model):
     ARTIFACTS.mkdir(exist_ok=True)
     try:
         page = Page(b, server)
-        seed, cells = find_scene(model, "tree")
-        page.load(seed)
-        before = page.image()
-        page.choose("tree", "remove")
-        page.paint(cells)
+        cells, before, after = paint_scene(page, model, "tree", "tree", "remove")
         latency = page.last_wait
-        after = page.image()
         diff = np.abs(after.astype(int) - before.astype(int)).sum(-1)
         inside, far = region(cells), ~region(cells, pad=2)
         assert diff[inside].mean() > 5, "the stroke region did not change"
@@ -216,22 +222,14 @@ def test_strokes_change_what_the_segmenter_sees(server, model):
     pw, b = browser()
     try:
         page = Page(b, server)
-        seed, cells = find_scene(model, "tree")
-        page.load(seed)
-        before = page.image()
-        page.choose("tree", "remove")
-        page.paint(cells)
+        cells, before, after = paint_scene(page, model, "tree", "tree", "remove")
         inside = region(cells)
         t_before = concept_pixels(seg, before, "tree", inside)
-        t_after = concept_pixels(seg, page.image(), "tree", inside)
-        seed, cells = find_scene(model, "building")
-        page.load(seed)
-        before = page.image()
-        page.choose("door", "draw")
-        page.paint(cells)
+        t_after = concept_pixels(seg, after, "tree", inside)
+        cells, before, after = paint_scene(page, model, "building", "door", "draw")
         inside = region(cells, pad=1)
         d_before = concept_pixels(seg, before, "door", inside)
-        d_after = concept_pixels(seg, page.image(), "door", inside)
+        d_after = concept_pixels(seg, after, "door", inside)
         page.pg.screenshot(path=str(ARTIFACTS / "paint_draw_door.png"))
         assert t_after < 0.5 * t_before, f"tree pixels in the stroke: {t_before} → {t_after}"
         assert d_after > d_before + 20, f"door pixels around the stroke: {d_before} → {d_after}"
