@@ -2,7 +2,7 @@
 
 Per batch: the source gives activations and label maps; each unit's activation is upsampled
 bilinearly to the label resolution and counted into `TailStats`. Partial statistics are saved
-every few batches, so an interrupted run resumes where it stopped with the same result; under
+every minute, so an interrupted run resumes where it stopped with the same result; under
 `torchrun` each rank takes every world-th batch and the counts are summed at the end.
 """
 from __future__ import annotations
@@ -11,6 +11,7 @@ import contextlib
 import json
 import math
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +20,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import checkpoint
-from .stats import TailStats
-from .upsample import upsampled  # noqa: F401  (re-exported for reports and tests)
+from .stats import BINNING, TailStats
+from .upsample import interp_matrix, upsampled  # noqa: F401  (upsampled: re-exported)
 
 DETECTOR_IOU = 0.04  # minimum IoU to call a unit a detector (GAN Dissection, Network Dissection)
 LEVEL_QUANTILES = (0.01, 0.005)  # per-unit levels kept for the intervention engine
-CHUNK_ELEMENTS = 1 << 26  # count at most this many (upsampled) activation values at once
 
 
 def _dist():
@@ -62,23 +62,17 @@ def _comm_device(dist):
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
-def _count(stats: TailStats, act, labels):
-    size = labels.shape[-1]
-    per_sample = act.shape[1] * size * size
-    step = max(1, CHUNK_ELEMENTS // per_sample)
-    for i in range(0, act.shape[0], step):
-        stats.update(act[i:i + step], labels[i:i + step])
-
-
 def _warm_values(act, size, cap=1 << 15):
-    """(U, M ≤ cap) upsampled values of one batch, for placing the histogram bins."""
-    up = upsampled(act, size).transpose(0, 1).reshape(act.shape[1], -1)  # (U, N·S·S), a view
-    stride = max(1, math.ceil(up.shape[1] / cap))
-    return up[:, ::stride]
+    """(U, M ≤ cap) upsampled values of one batch, for placing the histogram bins: the
+    upsampled maps on a grid of every step-th row and column (an even sample of positions)."""
+    n, units, h, w = act.shape
+    step = max(1, math.ceil(math.sqrt(n * size * size / cap)))
+    ry, rx = interp_matrix(h, size, act.device)[::step], interp_matrix(w, size, act.device)[::step]
+    return (ry @ act.float().transpose(0, 1) @ rx.T).reshape(units, -1)
 
 
 def dissect(source, layers, out_dir, samples=2000, quantile=0.01, batch_size=16, bins=1024,
-            topk=8, save_every=10, progress=True, report=True, log=print, tail=None):
+            topk=8, save_seconds=60.0, progress=True, report=True, log=print, tail=None):
     """Dissect `layers`; writes dissection.json (+ results.npz, report.html) in `out_dir`."""
     layers = list(layers)
     source.check_layers(layers)
@@ -86,7 +80,7 @@ def dissect(source, layers, out_dir, samples=2000, quantile=0.01, batch_size=16,
     dist, rank, world = _dist()
     settings = {**source.describe(), "layers": layers, "samples": int(samples),
                 "quantile": float(quantile), "batch_size": int(batch_size), "bins": int(bins),
-                "topk": int(topk), "tail": tail}
+                "topk": int(topk), "tail": tail, "binning": BINNING}
     part = out_dir / "partial" / (f"state.rank{rank}of{world}.pt" if world > 1 else "state.pt")
     n_batches = math.ceil(samples / batch_size)
     mine = [b for b in range(n_batches) if b % world == rank]
@@ -102,7 +96,10 @@ def dissect(source, layers, out_dir, samples=2000, quantile=0.01, batch_size=16,
         done = set(state["done"])
         log(f"resuming {out_dir}: {len(done)} of {len(mine)} batches already done")
 
+    saved = [time.monotonic()]
+
     def save():
+        saved[0] = time.monotonic()
         checkpoint.save({"settings": settings, "done": sorted(done),
                          "stats": {k: v.state_dict() for k, v in stats.items()}}, part)
 
@@ -124,10 +121,10 @@ def dissect(source, layers, out_dir, samples=2000, quantile=0.01, batch_size=16,
             for name in layers:
                 a = acts[name]
                 stats[name].update_top(a.amax((2, 3)), torch.tensor(idx))
-                _count(stats[name], a, labels)
+                stats[name].update(a, labels)
             done.add(b)
             bar.update(1)
-            if len(done) % save_every == 0:
+            if time.monotonic() - saved[0] >= save_seconds:
                 save()
     except KeyboardInterrupt:
         save()
@@ -253,7 +250,7 @@ def write_results(out_dir, settings, concepts, stats, source=None, report=True, 
     out, arrays = summarize(settings, concepts, stats)
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / "dissection.json.tmp"
-    tmp.write_text(json.dumps(out, indent=1))
+    tmp.write_text(json.dumps(out))  # no indent: the C encoder, 5× faster
     os.replace(tmp, out_dir / "dissection.json")
     np.savez_compressed(out_dir / "results.npz", **arrays)
     for name in settings["layers"]:

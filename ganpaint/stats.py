@@ -7,23 +7,29 @@ its upsampled activation over the upper tail, with one count per (bin, concept).
 level is read off the histogram (interpolated inside one bin) and so are the intersection counts
 at that level, so the generator and segmenter run once per sample.
 
-Bins are placed in *rank* space from a warm-up batch: 3/4 of them at equally spaced quantiles
-between ranks 1 − tail (default tail = 5q) and 1 − q/20 of the warm-up values, the rest above
-(evenly, then geometrically growing up to 1000× the warm-up range), plus an overflow bin. Only
-pixels at or above the floor are binned (5 % of them at q = 1 %: the cost of counting); the 5×
-margin keeps the level above the floor although the warm-up batch is small (a level that falls
-below it is clamped and reported as inexact). Each bin thus holds a tiny share of the pixels
-(about 5q / (3/4 · bins)), which bounds the error: the rank error of a level is at most its
-bin's share of all pixels, and the intersection count is off by at most a fraction of one
-bin. Both bounds are computed and reported per unit. Memory: units × (bins + 1) × concepts
-counts, whatever the number of samples. All counts are integers, so merging (resume, several
-processes) is exact.
+Bins are placed from a warm-up batch, per unit: a floor at the warm-up's rank 1 − tail (default
+tail = 5q), 3/4 of the bins spaced evenly from the floor up to 4× the warm-up's distance from the
+floor to its top-q level, the rest above, log-spaced (12 per octave, up to 2²¹× that range),
+plus an overflow bin. Only pixels at or above the floor are binned (5 % of them at q = 1 %: the
+cost of counting); the 5× margin keeps the level above the floor although the warm-up batch is
+small (a level that falls below it is clamped and reported as inexact). Evenly spaced bins make
+binning arithmetic, (v − floor) · gain, with no search; near the level each bin holds a tiny
+share of the pixels (about q / 120 for an exponential tail), which bounds the error: the rank
+error of a level is at most its bin's share of all pixels, and the intersection count is off by
+at most a fraction of one bin. Both bounds are computed and reported per unit. Memory: units ×
+(bins + 1) × concepts counts, whatever the number of samples. All counts are integers, so
+merging (resume, several processes) is exact.
 """
 from __future__ import annotations
 
 import torch
 
-from .upsample import interp_matrix
+from .upsample import interp_matrix, taps
+
+PER_OCTAVE = 12  # log-spaced bins above the evenly spaced ones
+REACH = 4  # the evenly spaced bins reach this many times the warm-up's floor-to-level distance
+BINNING = "even+log/2"  # recorded with a run: partial runs binned otherwise are not resumed
+ROW_CHUNK = 1 << 20  # upsampled values computed per pass over the live rows (stays in cache)
 
 
 class TailStats:
@@ -49,56 +55,52 @@ class TailStats:
         self.raw_min = torch.full((self.units,), float("inf"), dtype=torch.float64)
 
     # -- bins ---------------------------------------------------------------------------
-    def floor_rank(self) -> float:
-        return 1.0 - self.tail
+    def _main(self) -> int:
+        return (3 * self.bins) // 4
 
     def init_edges(self, values: torch.Tensor) -> None:
         """Place the bins from warm-up values (U, M) of upsampled activations."""
-        values = values.detach().to("cpu", torch.float64)
+        values = values.detach().to("cpu", torch.float32)
         m = values.shape[1]
-        main = (3 * self.bins) // 4
-        near = 1.0 - min(self.tail, 10 * self.quantile)  # dense bins around the level
-        ranks = torch.linspace(near, 1.0 - self.quantile / 20, main + 1, dtype=torch.float64)
-        if self.floor_rank() < near:  # a wider tail: half the bins below, half near the level
-            half = main // 2
-            ranks = torch.cat([torch.linspace(self.floor_rank(), near, half + 1, dtype=torch.float64)[:-1],
-                               torch.linspace(near, 1.0 - self.quantile / 20, main - half + 1,
-                                              dtype=torch.float64)])
-        pos = ranks * (m - 1)
-        lo, hi = pos.floor().long(), pos.ceil().long()
-        frac = pos - lo
-        # only the ranks above the floor are read: sort just the top values (v[:, j] is the
-        # (first + j)-th smallest), not all of them
-        first = int(lo.min())
-        v = values.topk(m - first, dim=1).values.flip(1)
-        lo, hi = lo - first, hi - first
-        q = v[:, lo] * (1 - frac) + v[:, hi] * frac  # (U, main + 1)
-        # above the warm-up's quantiles: half the remaining bins evenly up to the warm-up
-        # range past its maximum, then geometrically growing ones up to 1000× that range, so a
-        # later sample far beyond the warm-up still lands in a bin of bounded relative width
-        rng = (v[:, -1] - q[:, 0]).clamp(min=1e-6)[:, None]
-        n_up = self.bins - main
-        lin = torch.linspace(0, 1, n_up // 2 + 1, dtype=torch.float64)[1:]
-        geo = torch.logspace(0, 3, n_up - n_up // 2 + 1, dtype=torch.float64)[1:]
-        gap = (v[:, -1:] - q[:, -1:]) + rng
-        upper = torch.cat([q[:, -1:] + gap * lin[None], q[:, -1:] + gap * geo[None]], 1)
-        edges = torch.cat([q, upper], 1)
-        span = (edges[:, -1] - edges[:, 0]).abs() + edges[:, 0].abs() + 1e-6
-        edges = edges + torch.arange(self.bins + 1, dtype=torch.float64)[None] * span[:, None] * 1e-9
-        e32 = torch.cummax(edges, 1).values.to(torch.float32)
+        k = min(m, int(self.tail * (m - 1)) + 2)
+        top = values.topk(k, dim=1).values.double()  # descending: top[:, j] has j values above it
+
+        def above(share):  # the value with `share` of the warm-up values above it, interpolated
+            pos = share * (m - 1)
+            j = min(int(pos), k - 1)
+            frac = pos - j
+            return top[:, j] * (1 - frac) + top[:, min(j + 1, k - 1)] * frac
+
+        floor = above(self.tail).to(torch.float32)
         # A floor at the warm-up's minimum means a mass of ties there (ReLU zeros, mostly):
         # start just above it. Thresholds are strict (act > level), so pixels at the minimum
         # never count, and binning them would cost most of the time for such units.
-        at_min = e32[:, 0] <= values.min(1).values.to(torch.float32)
-        self.tie, self.tie_value = at_min, e32[:, 0].to(torch.float64)
-        e32[:, 0] = torch.where(at_min, torch.nextafter(e32[:, 0], torch.tensor(float("inf"))), e32[:, 0])
-        self.edges = torch.cummax(e32, 1).values.to(torch.float64)
+        at_min = floor <= values.min(1).values
+        self.tie, self.tie_value = at_min, floor.to(torch.float64)
+        floor = torch.where(at_min, torch.nextafter(floor, torch.tensor(float("inf"))), floor)
+        # evenly spaced bins up to REACH × the distance to the warm-up's level (or, for a unit
+        # mostly at its floor, to its maximum); 1e-3 for a unit that never moved
+        f = floor.to(torch.float64)
+        span = above(self.quantile) - f
+        span = torch.where(span > 0, REACH * span, top[:, 0] - f)
+        span = torch.where(span > 0, span, torch.full_like(span, 1e-3))
+        main = self._main()
+        gain = (main / span).to(torch.float32).to(torch.float64)
+        steps = torch.arange(self.bins + 1, dtype=torch.float64)
+        t = torch.where(steps <= main, steps, main * 2 ** ((steps - main) / PER_OCTAVE))
+        self.edges = f[:, None] + t[None] / gain[:, None]
+
+    def _gain(self):
+        """Per unit (floor, gain) as float32: bin = (v − floor) · gain below the log region."""
+        main = self._main()
+        return (self.edges[:, 0].to(torch.float32),
+                (main / (self.edges[:, main] - self.edges[:, 0])).to(torch.float32))
 
     def _on(self, device):
         """Bins and accumulators on `device` (counting happens where the activations are)."""
         if getattr(self, "_device", None) != device:
             self._flush()
-            self._edges32 = self.edges.to(device, torch.float32).contiguous()
+            self._floor, self._gain32 = (t.to(device) for t in self._gain())
             self._acc = torch.zeros_like(self.joint, device=device)
             self._acc_cp = torch.zeros_like(self.concept_pixels, device=device)
             self._device = device
@@ -113,41 +115,60 @@ class TailStats:
 
     # -- accumulation ---------------------------------------------------------------------
     def update(self, act: torch.Tensor, seg: torch.Tensor) -> None:
-        """Count one chunk: act (N, U, h, w) activations at any resolution, seg (N, S, S) labels.
+        """Count one batch: act (N, U, h, w) activations at any resolution, seg (N, S, S) labels.
 
-        Activations are upsampled bilinearly to S×S, rows first: an output row is a convex
-        combination of its row-upsampled inputs, so a row whose inputs all lie below a unit's
-        floor is skipped without being computed. The rest is binned unit by unit; edges are
-        float32 numbers, so float32 comparisons place every value exactly."""
+        Activations are upsampled bilinearly to S×S, rows first. An output row mixes two input
+        rows, so its maximum is at most the same mix of their maxima: rows whose bound lies
+        below a unit's floor are skipped; of the rest, rows interpolated along y whose maximum
+        is below the floor too (columns only mix these values). The live rows are upsampled
+        along x, binned and counted a cache-sized slice at a time, all units at once."""
         if self.edges is None:
             raise RuntimeError("init_edges() must be called before update()")
-        a = act.detach().float().transpose(0, 1)  # (U, N, h, w)
-        self._on(a.device)
+        a = act.detach().float().contiguous()
+        n, units, h, w = a.shape
+        dev = a.device
+        self._on(dev)
         s1, s2 = seg.shape[-2:]
-        small = torch.uint8 if self.concepts <= 256 else torch.int32  # gathered per live row
-        seg = seg.to(a.device, small)
-        rows = torch.matmul(interp_matrix(a.shape[2], s1, a.device), a)  # (U, N, S, w)
-        unit, sample, r = (rows.amax(-1) >= self._edges32[:, :1, None]).nonzero(as_tuple=True)
-        rows = rows[unit, sample, r]  # the live rows, unit-major: (K, w)
-        if a.shape[3] != s2:
-            rows = rows @ interp_matrix(a.shape[3], s2, a.device).T  # (K, S)
-        labels = seg[sample, r]  # (K, S)
+        seg = seg.to(dev, torch.uint8 if self.concepts <= 256 else torch.int32)
+        i0, i1, w1 = (t.to(dev) for t in taps(h, s1))
+        peak = a.amax(3)  # (N, U, h)
+        bound = torch.lerp(peak[:, :, i0], peak[:, :, i1], w1)  # (N, U, S1)
+        bound = bound + 1e-6 * bound.abs()  # rounding slack
+        unit, sample, r = (bound >= self._floor[:, None]).permute(1, 0, 2).nonzero(as_tuple=True)
+        src = a.view(-1, w)  # input rows, (N·U·h, w)
+        at = (sample * units + unit) * h
+        rows = torch.lerp(src.index_select(0, at + i0[r]), src.index_select(0, at + i1[r]), w1[r, None])
+        peak = rows.amax(1)  # the exact bound: output columns mix these
+        live = (peak + 1e-6 * peak.abs() >= self._floor[unit]).nonzero().squeeze(1)
+        unit, sample, r, rows = unit[live], sample[live], r[live], rows[live]
+        segrow = sample * s1 + r
+        seg2 = seg.reshape(-1, s2)
         per_unit = (self.bins + 1) * self.concepts
-        start = 0
-        for u, k in enumerate(torch.bincount(unit, minlength=self.units).tolist()):
-            if k == 0:
-                continue
-            vals, labs = rows[start:start + k].reshape(-1), labels[start:start + k].reshape(-1)
-            start += k
-            e = self._edges32[u]
-            pix = (vals >= e[0]).nonzero().squeeze(1)
-            b = torch.searchsorted(e, vals[pix], right=True) - 1  # 0 … bins (overflow)
-            self._acc[u * per_unit:(u + 1) * per_unit] += torch.bincount(
-                b * self.concepts + labs[pix].long(), minlength=per_unit)
+        small = torch.int32 if self.units * per_unit < 2 ** 31 else torch.int64
+        ones = torch.ones(1, dtype=self._acc.dtype, device=dev)
+        wx = interp_matrix(w, s2, dev).T if w != s2 else None
+        step = max(1, ROW_CHUNK // s2)  # live rows per pass, small enough to stay in cache
+        for c in range(0, len(unit), step):
+            sl = slice(c, c + step)
+            u, x = unit[sl], rows[sl]
+            if wx is not None:
+                x = x @ wx  # (k, S2)
+            x = x.sub_(self._floor[u, None]).mul_(self._gain32[u, None])  # ≥ 0 at the floor
+            pix = (x >= 0).view(-1).nonzero().squeeze(1)
+            t = x.view(-1).take(pix)
+            # bin: evenly spaced up to `main`, then PER_OCTAVE per octave, then overflow
+            main = self._main()
+            far = (t >= main).nonzero().squeeze(1)
+            if len(far):
+                t[far] = main + torch.log2(t[far] / main) * PER_OCTAVE
+            key = (u.to(small) * per_unit).take(torch.div(pix, s2, rounding_mode="floor"))
+            key += seg2.index_select(0, segrow[sl]).view(-1).take(pix)
+            key.add_(t.clamp_(max=self.bins).to(small), alpha=self.concepts)
+            self._acc.index_add_(0, key, ones.expand(len(key)))
         self._acc_cp += torch.bincount(seg.reshape(-1).long(), minlength=self.concepts)
         self.pixels += int(seg.numel())
         # bilinear upsampling never goes below the raw minimum
-        self.raw_min = torch.minimum(self.raw_min, a.amin((1, 2, 3)).to("cpu", torch.float64))
+        self.raw_min = torch.minimum(self.raw_min, a.amin((0, 2, 3)).to("cpu", torch.float64))
 
     def update_top(self, peaks: torch.Tensor, indices: torch.Tensor) -> None:
         """Keep, per unit, the top-k samples by peak activation; ties go to the lower index."""

@@ -13,13 +13,19 @@ import torch
 
 
 @lru_cache(maxsize=64)
-def _matrix(n_in: int, n_out: int) -> torch.Tensor:
+def taps(n_in: int, n_out: int):
+    """Per output position: the two input positions it reads (i0, i1) and the weight of i1."""
     src = ((torch.arange(n_out, dtype=torch.float64) + 0.5) * (n_in / n_out) - 0.5).clamp(min=0)
     i0 = src.floor().long().clamp(max=n_in - 1)
-    i1 = (i0 + 1).clamp(max=n_in - 1)
+    return i0, (i0 + 1).clamp(max=n_in - 1), (src - i0).to(torch.float32)
+
+
+@lru_cache(maxsize=64)
+def _matrix(n_in: int, n_out: int) -> torch.Tensor:
+    i0, i1, w1 = taps(n_in, n_out)
     w = torch.zeros(n_out, n_in, dtype=torch.float64)
-    w[torch.arange(n_out), i0] += 1 - (src - i0)
-    w[torch.arange(n_out), i1] += src - i0
+    w[torch.arange(n_out), i0] += 1 - w1.double()
+    w[torch.arange(n_out), i1] += w1.double()
     return w.to(torch.float32)
 
 

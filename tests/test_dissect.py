@@ -72,7 +72,7 @@ class Interrupting:
 def test_resume_gives_identical_result(tmp_path, exc):
     whole = run(tmp_path / "whole")
     with pytest.raises(type(exc) if isinstance(exc, Exception) else exc):
-        run(tmp_path / "cut", Interrupting(source(), 3, exc), save_every=2)
+        run(tmp_path / "cut", Interrupting(source(), 3, exc), save_seconds=0)
     assert (tmp_path / "cut" / "partial" / "state.pt").exists()
     resumed = run(tmp_path / "cut")
     assert resumed == whole
@@ -81,7 +81,7 @@ def test_resume_gives_identical_result(tmp_path, exc):
 
 def test_partial_run_with_other_settings_is_refused(tmp_path):
     with pytest.raises(KeyboardInterrupt):
-        run(tmp_path / "d", Interrupting(source(), 2, KeyboardInterrupt), save_every=1)
+        run(tmp_path / "d", Interrupting(source(), 2, KeyboardInterrupt), save_seconds=0)
     with pytest.raises(ValueError, match="other settings"):
         run(tmp_path / "d", quantile=0.005)
 
@@ -202,3 +202,32 @@ def test_sparse_relu_units_are_exact():
             assert abs(exact - r["iou"][u, c].item()) <= 0.005, (u, c)
     assert r["level"][0].item() == 0.0 and torch.quantile(up[0].double(), 1 - q).item() == 0.0
     assert st.joint.sum() < 0.2 * up.numel()  # the zeros were not binned
+
+
+def test_binning_agrees_with_the_bin_edges():
+    """Counting bins by arithmetic ((v − floor) · gain, log-spaced above) puts each upsampled
+    value in the bin its edges say, also for values far beyond the warm-up (log bins, overflow),
+    channels-last activations and non-contiguous label maps; values under the floor are skipped."""
+    from ganpaint.stats import TailStats
+    g = torch.Generator().manual_seed(1)
+    n, units, h, size, concepts = 24, 5, 6, 20, 4
+    act = torch.randn(n, units, h, h, generator=g)
+    seg = (torch.rand(n, size, size, generator=g) * concepts).long().transpose(1, 2)
+    st = TailStats(units, concepts, 0.02, bins=64)
+    st.init_edges(upsampled(act[:4], size).transpose(0, 1).reshape(units, -1))  # warm-up: 4 samples
+    main = (3 * st.bins) // 4
+    act[5, 3, 2:4, 2:4] = float(st.edges[3, main]) * 1.05 + 0.1  # far above the warm-up: log bins
+    act[7, 3, 1:3, 3:5] = 1e9  # and beyond them: overflow
+    up = upsampled(act, size).transpose(0, 1).reshape(units, -1)
+    st.update(act.to(memory_format=torch.channels_last), seg)
+    e = st.edges.float()
+    lab = seg.reshape(-1)
+    expected = torch.zeros(units, st.bins + 1, concepts, dtype=torch.int64)
+    for u in range(units):
+        on = up[u] >= e[u, 0]
+        b = torch.searchsorted(e[u].contiguous(), up[u][on], right=True) - 1
+        expected[u].view(-1).index_add_(0, b * concepts + lab[on], torch.ones_like(b))
+    got = st.state_dict()["joint"].view(units, st.bins + 1, concepts)
+    assert got.sum() > 0 and (got.sum((1, 2)) - expected.sum((1, 2))).abs().max() <= 2  # rounding at the floor
+    assert (got - expected).abs().sum() <= 0.002 * expected.sum() + 4  # rounding at bin edges
+    assert got[3, st.bins].sum() >= 1 and got[3, main + 1: st.bins].sum() >= 1
