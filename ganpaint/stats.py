@@ -131,37 +131,37 @@ class TailStats:
         s1, s2 = seg.shape[-2:]
         seg = seg.to(dev, torch.uint8 if self.concepts <= 256 else torch.int32)
         i0, i1, w1 = (t.to(dev) for t in taps(h, s1))
+        low = self._floor - 1e-6 * self._floor.abs()  # the floor, with slack for rounding
         peak = a.amax(3)  # (N, U, h)
         bound = torch.lerp(peak[:, :, i0], peak[:, :, i1], w1)  # (N, U, S1)
-        bound = bound + 1e-6 * bound.abs()  # rounding slack
-        unit, sample, r = (bound >= self._floor[:, None]).permute(1, 0, 2).nonzero(as_tuple=True)
+        unit, sample, r = (bound >= low[:, None]).permute(1, 0, 2).nonzero(as_tuple=True)
         src = a.view(-1, w)  # input rows, (N·U·h, w)
         at = (sample * units + unit) * h
         rows = torch.lerp(src.index_select(0, at + i0[r]), src.index_select(0, at + i1[r]), w1[r, None])
-        peak = rows.amax(1)  # the exact bound: output columns mix these
-        live = (peak + 1e-6 * peak.abs() >= self._floor[unit]).nonzero().squeeze(1)
-        unit, sample, r, rows = unit[live], sample[live], r[live], rows[live]
-        segrow = sample * s1 + r
+        live = (rows.amax(1) >= low[unit]).nonzero().squeeze(1)  # columns only mix these values
+        unit, rows, segrow = unit[live], rows[live], (sample * s1 + r)[live]
+        # in bin units, (v − floor) · gain: interpolation weights sum to 1, so shifting and
+        # scaling the w input columns is the same as the S2 output columns, 8–32× cheaper
+        rows = rows.sub_(self._floor[unit, None]).mul_(self._gain32[unit, None])
         seg2 = seg.reshape(-1, s2)
         per_unit = (self.bins + 1) * self.concepts
         small = torch.int32 if self.units * per_unit < 2 ** 31 else torch.int64
+        offset = unit.to(small) * per_unit  # each live row's first count
         ones = torch.ones(1, dtype=self._acc.dtype, device=dev)
         wx = interp_matrix(w, s2, dev).T if w != s2 else None
+        main = self._main()
         step = max(1, ROW_CHUNK // s2)  # live rows per pass, small enough to stay in cache
         for c in range(0, len(unit), step):
             sl = slice(c, c + step)
-            u, x = unit[sl], rows[sl]
-            if wx is not None:
-                x = x @ wx  # (k, S2)
-            x = x.sub_(self._floor[u, None]).mul_(self._gain32[u, None])  # ≥ 0 at the floor
+            x = rows[sl] @ wx if wx is not None else rows[sl]  # (k, S2)
             pix = (x >= 0).view(-1).nonzero().squeeze(1)
-            t = x.view(-1).take(pix)
+            t = x.reshape(-1).take(pix)
             # bin: evenly spaced up to `main`, then PER_OCTAVE per octave, then overflow
-            main = self._main()
             far = (t >= main).nonzero().squeeze(1)
             if len(far):
                 t[far] = main + torch.log2(t[far] / main) * PER_OCTAVE
-            key = (u.to(small) * per_unit).take(torch.div(pix, s2, rounding_mode="floor"))
+            row = pix >> (s2.bit_length() - 1) if s2 & (s2 - 1) == 0 else torch.div(pix, s2, rounding_mode="floor")
+            key = offset[sl].take(row)
             key += seg2.index_select(0, segrow[sl]).view(-1).take(pix)
             key.add_(t.clamp_(max=self.bins).to(small), alpha=self.concepts)
             self._acc.index_add_(0, key, ones.expand(len(key)))
@@ -219,6 +219,16 @@ class TailStats:
         self._flush()
         return self.joint.view(self.units, self.bins + 1, self.concepts)
 
+    def _cum(self):
+        """(joint (U, B+1, C), pixels ≥ each edge by concept (U, B+1, C)), float64; computed
+        once per state of the counts (every update or merge adds pixels)."""
+        joint = self._hist()
+        if getattr(self, "_cum_at", None) != self.pixels:
+            above = joint.flip(1).cumsum(1).flip(1)  # integer sums: exact
+            self._cum_cache = joint.to(torch.float64), above.to(torch.float64)
+            self._cum_at = self.pixels
+        return self._cum_cache
+
     def level(self, quantile: float | None = None):
         """Per-unit activation level with a `quantile` share of pixels above it.
 
@@ -226,8 +236,8 @@ class TailStats:
         False where the level fell below the histogram's floor and was clamped to it).
         """
         q = self.quantile if quantile is None else quantile
-        hist = self._hist().sum(2).to(torch.float64)  # (U, B+1)
-        above = hist.flip(1).cumsum(1).flip(1)  # count ≥ edges[b]
+        joint, above_c = self._cum()
+        hist, above = joint.sum(2), above_c.sum(2)  # (U, B+1): counts in / ≥ edges[b]
         target = q * self.pixels
         # the bin b where above[b+1] < target <= above[b]
         ok = above[:, 0] >= target
@@ -255,8 +265,7 @@ class TailStats:
         """
         q = self.quantile if quantile is None else quantile
         level, b, frac, ok = self.level(q)
-        joint = self._hist().to(torch.float64)  # (U, B+1, C)
-        above = joint.flip(1).cumsum(1).flip(1)
+        joint, above = self._cum()  # (U, B+1, C)
         above_next = torch.cat([above[:, 1:], torch.zeros_like(above[:, :1])], 1)
         sure = above_next.gather(1, b[:, None, None].expand(-1, 1, self.concepts))[:, 0]
         inbin = joint.gather(1, b[:, None, None].expand(-1, 1, self.concepts))[:, 0]
@@ -281,8 +290,7 @@ class TailStats:
         histogram's range: ranks above 1 − tail) and that threshold — the per-unit,
         per-concept threshold of the 2018 GAN Dissection, instead of one top quantile.
         Returns (iou (U, C), threshold (U, C))."""
-        joint = self._hist().to(torch.float64)
-        above = joint.flip(1).cumsum(1).flip(1)  # (U, B+1, C): pixels ≥ edge b, by concept
+        above = self._cum()[1]  # (U, B+1, C): pixels ≥ edge b, by concept
         act = above.sum(2, keepdim=True)
         cp = self.concept_pixels.to(torch.float64)[None, None]
         iou = above / (act + cp - above).clamp(min=1)
