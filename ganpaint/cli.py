@@ -349,14 +349,22 @@ def _classifier_args(p, samples):
     p.add_argument("--device", default=None)
 
 
-def _save(r, out, stem, a):
+def _classifier(a):
+    from . import registry
+    return registry.load_classifier(a.classifier, _device(a), a.model_arg)
+
+
+def _save(r, a, stem, groups, title, ylabel, **plot):
+    """The experiment's JSON and its bar chart (groups: {group: {bar: value}}) in a.out."""
     from pathlib import Path
+    from . import plots
     from .experiments import save
-    path = save(r, out, stem)
+    path = save(r, a.out, stem)  # creates a.out
+    plots.grouped_bars(groups, Path(a.out) / f"{stem}.png", title, ylabel, **plot)
     if a.json:
         print(json.dumps(r))
     else:
-        print(f"wrote {path} and {Path(out) / (stem + '.png')}")
+        print(f"wrote {path} and {Path(a.out) / (stem + '.png')}")
 
 
 @command("robustness", "dissect a classifier on perturbed probe images: do its detectors survive?")
@@ -368,19 +376,14 @@ def _robustness(p):
     p.add_argument("--quantile", type=float, default=0.005)
 
     def run(a):
-        from pathlib import Path
-        from . import classifier_experiments as ce, plots, registry
-        net = registry.load_classifier(a.classifier, _device(a), a.model_arg)
-        r = ce.robustness(net, a.classifier, a.layers, a.perturbations or ce.PERTURBATIONS,
+        from . import classifier_experiments as ce
+        r = ce.robustness(_classifier(a), a.classifier, a.layers, a.perturbations or ce.PERTURBATIONS,
                           a.samples, a.quantile, a.batch_size, progress=not a.json)
         groups = {"none": {f"{l} unique": r["unperturbed"][l]["unique"] for l in a.layers}}
         for spec, row in r["perturbed"].items():
             groups[spec] = {f"{l} unique": row[l]["unique"] for l in a.layers}
-        Path(a.out).mkdir(parents=True, exist_ok=True)
-        plots.grouped_bars(groups, Path(a.out) / "robustness.png",
-                           "unique detected concepts under perturbations of the probe images",
-                           "unique concepts")
-        _save(r, a.out, "robustness", a)
+        _save(r, a, "robustness", groups, "unique detected concepts under perturbations of the probe images",
+              "unique concepts")
     return run
 
 
@@ -393,10 +396,8 @@ def _axis(p):
     p.add_argument("--quantile", type=float, default=0.005)
 
     def run(a):
-        from pathlib import Path
-        from . import classifier_experiments as ce, plots, registry
-        net = registry.load_classifier(a.classifier, _device(a), a.model_arg)
-        r = ce.axis_alignment(net, a.classifier, a.layer, a.draws, a.samples, a.quantile,
+        from . import classifier_experiments as ce
+        r = ce.axis_alignment(_classifier(a), a.classifier, a.layer, a.draws, a.samples, a.quantile,
                               a.batch_size, a.concept, progress=not a.json)
         groups = {"unit basis": {"unique detectors": r["unit_basis"]["unique"],
                                  "detectors": r["unit_basis"]["detectors"]},
@@ -404,11 +405,9 @@ def _axis(p):
                                             "detectors": r["rotated_detectors_mean"]}}
         errors = {f"rotated (×{a.draws})": {"unique detectors": r["rotated_unique_std"],
                                             "detectors": r["rotated_detectors_std"]}}
-        Path(a.out).mkdir(parents=True, exist_ok=True)
-        plots.grouped_bars(groups, Path(a.out) / "axis_alignment.png",
-                           f"{a.layer}: detectors in the unit basis vs random rotations (mean ± sd)",
-                           "count", errors)
-        _save(r, a.out, "axis_alignment", a)
+        _save(r, a, "axis_alignment", groups,
+              f"{a.layer}: detectors in the unit basis vs random rotations (mean ± sd)", "count",
+              errors=errors)
     return run
 
 
@@ -422,21 +421,18 @@ def _importance(p):
         from pathlib import Path
 
         import numpy as np
-        from . import classifier_experiments as ce, plots, registry
-        net = registry.load_classifier(a.classifier, _device(a), a.model_arg)
+        from . import classifier_experiments as ce
         iou = np.load(Path(a.dissection) / "results.npz")[f"{a.layer}/iou"] if a.dissection else None
-        r = ce.unit_importance(net, a.classifier, a.layer, a.samples, None, a.batch_size, iou,
+        r = ce.unit_importance(_classifier(a), a.classifier, a.layer, a.samples, None, a.batch_size, iou,
                                progress=not a.json)
         groups = {c: {"all units": row["balanced_accuracy"],
                       "top 4 removed": row["remove_top4"]["balanced"],
                       "top 20 removed": row["remove_top20"]["balanced"],
                       "all but top 20 removed": row["remove_all_but_top20"]["balanced"]}
                   for c, row in r["classes"].items()}
-        Path(a.out).mkdir(parents=True, exist_ok=True)
-        plots.grouped_bars(groups, Path(a.out) / "unit_importance.png",
-                           f"{a.layer}: balanced single-class accuracy after removing units",
-                           "balanced accuracy", hline=0.5)
-        _save(r, a.out, "unit_importance", a)
+        _save(r, a, "unit_importance", groups,
+              f"{a.layer}: balanced single-class accuracy after removing units", "balanced accuracy",
+              hline=0.5)
     return run
 
 

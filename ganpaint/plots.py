@@ -62,5 +62,5 @@ def grouped_bars(groups: dict, path: Path, title: str, ylabel: str, errors: dict
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")  # keeps a long title and the outside legend
     plt.close(fig)
