@@ -39,6 +39,8 @@ class TailStats:
             int(units), int(concepts), float(quantile), int(bins), int(topk))
         # share of the pixels (the top of each unit's range) that the histogram covers
         self.tail = min(0.5, 5 * self.quantile) if tail is None else float(tail)
+        if self.bins < 8:
+            raise ValueError(f"bins must be at least 8 (evenly spaced and log-spaced ones), got {self.bins}")
         if not 0 < self.tail <= 1 or self.tail < self.quantile:
             raise ValueError(f"tail must be in [quantile, 1], got {self.tail}")
         self.edges = None  # (U, bins + 1) float64, strictly increasing per unit
