@@ -45,14 +45,18 @@ def load(path, map_location="cpu"):
         ) from None
 
 
-def resume(path, parts: dict, device="cpu", log=print) -> int:
+def resume(path, parts: dict, device="cpu", log=print, optional=()) -> int:
     """Load a training run's state into `parts` ({name: module or optimizer}) if `path`
-    exists; returns the step to continue from (0 for a fresh run)."""
+    exists; returns the step to continue from (0 for a fresh run). Parts named in `optional`
+    may be missing from an older run's state (added to the recipe later): they start fresh."""
     path = Path(path)
     if not path.exists():
         return 0
     state = load(path, device)
     for name, part in parts.items():
+        if name in optional and name not in state:
+            log(f"{path}: no {name!r} in this state (an older recipe): it starts fresh")
+            continue
         part.load_state_dict(state[name])
     log(f"resumed from {path} at step {state['step']}")
     return int(state["step"])

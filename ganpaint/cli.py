@@ -73,11 +73,14 @@ def _train_gan(p):
     _train_args(p, "scenegan", 20000)
     p.add_argument("--lr-g", type=float, default=1e-3)
     p.add_argument("--lr-d", type=float, default=4e-4)
+    p.add_argument("--no-semantic-d", dest="semantic", action="store_false",
+                   help="train against the pixel discriminator only (no frozen-segmenter one)")
 
     def run(a):
         from .scenegan import train
         _threads(a)
-        train(a.out, a.export, a.steps, a.batch_size, a.lr_g, a.lr_d, device=a.device)
+        train(a.out, a.export, a.steps, a.batch_size, a.lr_g, a.lr_d, device=a.device,
+              semantic=a.semantic)
     return run
 
 

@@ -3,6 +3,11 @@
 Recipe: non-progressive training at full resolution; hinge loss; spectral norm and a
 minibatch-stddev feature in the discriminator; Adam with β1 = 0; an exponential moving
 average (EMA) of the generator weights is what ships. Resumable from `runs/gan/state.pt`.
+
+A second, *semantic* discriminator judges the frozen segmenter's encoder features (the idea
+of Projected GANs, Sauer et al. 2021): features learnt on the scene world tell a door on a
+wall from a smudge far sooner than a discriminator learning from pixels, which matters when
+training has hours of two CPU cores rather than days of a GPU.
 """
 from __future__ import annotations
 
@@ -76,6 +81,37 @@ class Discriminator(nn.Module):
         return self.net(x).squeeze(1)
 
 
+class SemanticDiscriminator(nn.Module):
+    """Patch discriminators on the frozen segmenter's encoder features at 32, 16 and 8 px.
+
+    The encoder is fixed (eval mode, no gradients to its weights); only the small heads learn.
+    Gradients still flow through it to the generator's image."""
+
+    def __init__(self, unet):
+        super().__init__()
+        self.encoder = nn.ModuleList([unet.enc1, unet.enc2, unet.enc3, unet.bottom]).eval()
+        self.encoder.requires_grad_(False)
+        sn = nn.utils.parametrizations.spectral_norm
+        widths = [unet.enc2[0].out_channels, unet.enc3[0].out_channels, unet.bottom[0].out_channels]
+        self.heads = nn.ModuleList(
+            nn.Sequential(sn(nn.Conv2d(c, 64, 3, padding=1)), nn.LeakyReLU(0.2),
+                          sn(nn.Conv2d(64, 64, 4, stride=2, padding=1)), nn.LeakyReLU(0.2),
+                          sn(nn.Conv2d(64, 1, 1))) for c in widths)
+
+    def train(self, mode=True):
+        super().train(mode)
+        self.encoder.eval()  # batch norm statistics stay those of the shipped segmenter
+        return self
+
+    def forward(self, x):
+        scores, h = [], x
+        for i, block in enumerate(self.encoder):
+            h = block(h if i == 0 else F.max_pool2d(h, 2))
+            if i:
+                scores.append(self.heads[i - 1](h).flatten(1).mean(1))
+        return torch.stack(scores, 1)  # (N, 3): one score per scale
+
+
 def sample_grid(g, n=64, seed=0, device="cpu") -> np.ndarray:
     """An 8-wide grid of samples (uint8 HxWx3) for the model card and for looking at."""
     z = torch.randn(n, g.z_dim, generator=torch.Generator().manual_seed(seed)).to(device)
@@ -86,35 +122,45 @@ def sample_grid(g, n=64, seed=0, device="cpu") -> np.ndarray:
 
 
 def train(out_dir="runs/gan", export_to=DEFAULT_WEIGHTS, steps=20000, batch_size=32,
-          lr_g=1e-3, lr_d=1e-3, device=None, log=print):
+          lr_g=1e-3, lr_d=1e-3, device=None, log=print, semantic=True, segmenter_path=None):
     from PIL import Image
+    from .segmenter import DEFAULT_WEIGHTS as SEGMENTER, load_segmenter
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     out_dir = Path(out_dir)
     state_path = out_dir / "state.pt"
     torch.manual_seed(0)  # same initial weights every run: a resumed run equals an unbroken one
-    g, d = build_generator().to(device), Discriminator().to(device)
-    g_ema = build_generator().to(device).eval()
+    cl = torch.channels_last  # faster convolutions on the CPU
+    g, d = build_generator().to(device, memory_format=cl), Discriminator().to(device, memory_format=cl)
+    g_ema = build_generator().to(device, memory_format=cl).eval()
     g_ema.load_state_dict(g.state_dict())
     opt_g = torch.optim.Adam(g.parameters(), lr=lr_g, betas=(0.0, 0.99))
     opt_d = torch.optim.Adam(d.parameters(), lr=lr_d, betas=(0.0, 0.99))
-    step = checkpoint.resume(state_path, {"g": g, "d": d, "g_ema": g_ema, "opt_g": opt_g,
-                                          "opt_d": opt_d}, device, log)
+    parts = {"g": g, "d": d, "g_ema": g_ema, "opt_g": opt_g, "opt_d": opt_d}
+    discs = [(d, opt_d)]
+    if semantic:
+        d_sem = SemanticDiscriminator(load_segmenter(segmenter_path or SEGMENTER).net)
+        d_sem = d_sem.to(device, memory_format=cl)
+        opt_s = torch.optim.Adam(d_sem.heads.parameters(), lr=lr_d, betas=(0.0, 0.99))
+        parts.update(d_sem=d_sem.heads, opt_d_sem=opt_s)
+        discs.append((d_sem, opt_s))
+    step = checkpoint.resume(state_path, parts, device, log, optional=("d_sem", "opt_d_sem"))
     stream = SceneStream(g.resolution, batch_size, start=step * batch_size)
     bar = tqdm(total=steps, initial=step, desc=f"train {out_dir.name}", unit="step")
     while step < steps:
         real, _ = next(stream)
-        real = real.to(device)
-        gen = torch.Generator().manual_seed(step)
-        z = torch.randn(2, batch_size, g.z_dim, generator=gen).to(device)
-        # discriminator step (hinge)
-        with torch.no_grad():
-            fake = g(z[0])
-        loss_d = F.relu(1 - d(real)).mean() + F.relu(1 + d(fake)).mean()
-        opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        opt_d.step()
-        # generator step
-        loss_g = -d(g(z[1])).mean()
+        real = real.to(device).contiguous(memory_format=cl)
+        z = torch.randn(batch_size, g.z_dim, generator=torch.Generator().manual_seed(step))
+        fake = g(z.to(device))  # one forward serves both steps
+        # discriminator steps (hinge), one per discriminator
+        loss_d = 0.0
+        for disc, opt in discs:
+            loss = F.relu(1 - disc(real)).mean() + F.relu(1 + disc(fake.detach())).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_d += loss.item()
+        # generator step: fool them all
+        loss_g = -sum(disc(fake).mean() for disc, _ in discs)
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
@@ -125,11 +171,10 @@ def train(out_dir="runs/gan", export_to=DEFAULT_WEIGHTS, steps=20000, batch_size
                 pe.lerp_(p, 1 - beta)
         bar.update(1)
         if step % 25 == 0:
-            bar.set_postfix(loss_d=f"{loss_d.item():.3f}", loss_g=f"{loss_g.item():.3f}")
+            bar.set_postfix(loss_d=f"{loss_d:.3f}", loss_g=f"{loss_g.item():.3f}")
         if step % 100 == 0 or step == steps:
-            checkpoint.save({"g": g.state_dict(), "d": d.state_dict(), "g_ema": g_ema.state_dict(),
-                             "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
-                             "step": step}, state_path)
+            checkpoint.save({name: part.state_dict() for name, part in parts.items()} | {"step": step},
+                            state_path)
         if step % 500 == 0 or step == steps:
             export(g_ema, export_to, {"steps": step, "batch_size": batch_size})
             Image.fromarray(sample_grid(g_ema, device=device)).save(out_dir / f"samples_{step:06d}.png")

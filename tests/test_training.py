@@ -15,11 +15,38 @@ def test_gan_resume_equals_unbroken_run(tmp_path):
     scenegan.train(tmp_path / "b", tmp_path / "b.pt", steps=3, batch_size=4, device="cpu", log=quiet)
     a, b = checkpoint.load(tmp_path / "a" / "state.pt"), checkpoint.load(tmp_path / "b" / "state.pt")
     assert a["step"] == b["step"] == 3
-    for k in ("g", "d", "g_ema"):
+    for k in ("g", "d", "g_ema", "d_sem"):
         for name, t in a[k].items():
             assert torch.allclose(t, b[k][name], atol=1e-6), (k, name)
     g = scenegan.load_generator(tmp_path / "b.pt")
     assert g(torch.randn(2, g.z_dim)).shape == (2, 3, 64, 64)
+
+
+def test_semantic_discriminator_learns_heads_only_and_passes_gradients_to_the_image():
+    seg = load_segmenter()
+    before = {k: v.clone() for k, v in seg.net.state_dict().items()}
+    d = scenegan.SemanticDiscriminator(seg.net).train()
+    opt = torch.optim.Adam(d.heads.parameters(), lr=1e-2)
+    heads = [p.detach().clone() for p in d.heads.parameters()]
+    image = torch.rand(4, 3, 64, 64, requires_grad=True)
+    scores = d(image * 2 - 1)
+    assert scores.shape == (4, 3)  # one score per feature scale
+    scores.mean().backward()
+    opt.step()
+    assert image.grad is not None and image.grad.abs().sum() > 0
+    assert any(not torch.equal(a, b) for a, b in zip(heads, d.heads.parameters()))
+    for k, v in seg.net.state_dict().items():  # weights and batch-norm statistics untouched
+        assert torch.equal(v, before[k]), k
+
+
+def test_gan_run_from_an_older_recipe_resumes_with_a_fresh_semantic_discriminator(tmp_path):
+    logs = []
+    scenegan.train(tmp_path / "r", tmp_path / "r.pt", steps=1, batch_size=4, semantic=False, log=quiet)
+    assert "d_sem" not in checkpoint.load(tmp_path / "r" / "state.pt")
+    scenegan.train(tmp_path / "r", tmp_path / "r.pt", steps=2, batch_size=4, log=logs.append)
+    state = checkpoint.load(tmp_path / "r" / "state.pt")
+    assert state["step"] == 2 and "d_sem" in state and "opt_d_sem" in state
+    assert any("d_sem" in m and "starts fresh" in m for m in logs)
 
 
 def test_segmenter_resume_after_interruption(tmp_path, monkeypatch):
