@@ -165,7 +165,6 @@ def _dissect(a):
         net = registry.load_classifier(a.classifier, dev, a.model_arg)
         src = ProbeSource(net, a.classifier, seed=a.seed, device=dev)
         layers = a.layers or ["conv5"]
-        q = 0.005 if a.quantile is None else a.quantile
     else:
         g = registry.load_generator(a.model, dev, a.model_arg)
         seg = registry.load_segmenter(a.segmenter, dev, a.segmenter_arg)
@@ -173,8 +172,7 @@ def _dissect(a):
         if layers == [None]:
             raise ValueError("this model declares no preferred layer: pass --layers")
         src = GeneratorSource(g, seg, a.seed, a.seg_size, a.segmenter)
-        q = 0.01 if a.quantile is None else a.quantile
-    dissect(src, layers, a.out, a.samples, q, a.batch_size, a.bins, report=not a.no_report,
+    dissect(src, layers, a.out, a.samples, a.quantile, a.batch_size, a.bins, report=not a.no_report,
             tail=a.tail)
 
 

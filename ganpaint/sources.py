@@ -10,6 +10,8 @@ import torch
 
 
 class GeneratorSource:
+    quantile = 0.01  # default top quantile: GAN Dissection's
+
     def __init__(self, generator, segmenter, seed: int = 0, seg_size: int | None = None,
                  segmenter_id: str = "scenes"):
         self.generator, self.segmenter, self.seed = generator, segmenter, int(seed)
@@ -50,6 +52,7 @@ class ProbeSource:
     `perturb(images, labels, indices) -> (images, labels)` optionally alters the probe images
     (the robustness experiments); labels move with the pixels they describe.
     """
+    quantile = 0.005  # default top quantile: Network Dissection's
 
     def __init__(self, model, name: str, size: int = 64, seed: int = 0, perturb=None,
                  device="cpu", start=None):

@@ -103,27 +103,32 @@ class TailStats:
         if getattr(self, "_device", None) != device:
             self._flush()
             self._floor, self._gain32 = (t.to(device) for t in self._gain())
-            self._acc = torch.zeros_like(self.joint, device=device)
+            # int32 counts (faster to add to); flushed into the int64 totals before they could
+            # overflow: no bin of a unit holds more than the pixels counted since the last flush
+            self._acc = torch.zeros(self.joint.shape, dtype=torch.int32, device=device)
             self._acc_cp = torch.zeros_like(self.concept_pixels, device=device)
+            self._pending = 0
             self._device = device
 
     def _flush(self):
         """Move the device-side counts into the CPU totals."""
-        if getattr(self, "_acc", None) is not None:
+        if getattr(self, "_pending", 0):
             self.joint += self._acc.cpu()
             self.concept_pixels += self._acc_cp.cpu()
             self._acc.zero_()
             self._acc_cp.zero_()
+            self._pending = 0
 
     # -- accumulation ---------------------------------------------------------------------
     def update(self, act: torch.Tensor, seg: torch.Tensor) -> None:
         """Count one batch: act (N, U, h, w) activations at any resolution, seg (N, S, S) labels.
 
-        Activations are upsampled bilinearly to S×S, rows first. An output row mixes two input
-        rows, so its maximum is at most the same mix of their maxima: rows whose bound lies
-        below a unit's floor are skipped; of the rest, rows interpolated along y whose maximum
-        is below the floor too (columns only mix these values). The live rows are upsampled
-        along x, binned and counted a cache-sized slice at a time, all units at once."""
+        Activations are upsampled bilinearly to S×S, rows first. Work is skipped wherever a
+        bound shows no value can reach a unit's floor: whole (sample, unit) maps whose maximum
+        is below it; then output rows, since a row mixes two input rows and so its maximum is
+        at most the same mix of their maxima; then rows interpolated along y whose exact
+        maximum is below it (columns only mix these values). The live rows are upsampled along
+        x, binned and counted a cache-sized slice at a time, all units at once."""
         if self.edges is None:
             raise RuntimeError("init_edges() must be called before update()")
         a = act.detach().float().contiguous()
@@ -131,12 +136,21 @@ class TailStats:
         dev = a.device
         self._on(dev)
         s1, s2 = seg.shape[-2:]
+        if self._pending + seg.numel() >= 2 ** 31:
+            self._flush()
+        self._pending += seg.numel()
         seg = seg.to(dev, torch.uint8 if self.concepts <= 256 else torch.int32)
         i0, i1, w1 = (t.to(dev) for t in taps(h, s1))
         low = self._floor - 1e-6 * self._floor.abs()  # the floor, with slack for rounding
-        peak = a.amax(3)  # (N, U, h)
-        bound = torch.lerp(peak[:, :, i0], peak[:, :, i1], w1)  # (N, U, S1)
-        unit, sample, r = (bound >= low[:, None]).permute(1, 0, 2).nonzero(as_tuple=True)
+        peak = a.amax(3).transpose(0, 1)  # (U, N, h): unit-major, so counts land near each other
+        unit, sample = (peak.amax(2) >= low[:, None]).nonzero(as_tuple=True)
+        # row bounds as one matrix product; its rounding (≤ 1e-6 of the largest peak) only
+        # widens the candidates, which are checked exactly below
+        peak = peak[unit, sample]  # (P, h)
+        slack = 1e-5 * peak.abs().amax() if len(peak) else 0.0
+        bound = peak @ interp_matrix(h, s1, dev).T  # (P, S1)
+        p, r = (bound >= (low[unit] - slack)[:, None]).nonzero(as_tuple=True)
+        unit, sample = unit[p], sample[p]
         src = a.view(-1, w)  # input rows, (N·U·h, w)
         at = (sample * units + unit) * h
         rows = torch.lerp(src.index_select(0, at + i0[r]), src.index_select(0, at + i1[r]), w1[r, None])
@@ -145,22 +159,29 @@ class TailStats:
         # in bin units, (v − floor) · gain: interpolation weights sum to 1, so shifting and
         # scaling the w input columns is the same as the S2 output columns, 8–32× cheaper
         rows = rows.sub_(self._floor[unit, None]).mul_(self._gain32[unit, None])
+        main = self._main()
+        # rows that reach the log-spaced bins go last, so only their slices need the log
+        far = rows.amax(1) >= main
+        near = int((~far).sum())
+        if near < len(far):
+            order = torch.argsort(far.to(torch.uint8), stable=True)
+            unit, rows, segrow = unit[order], rows[order], segrow[order]
         seg2 = seg.reshape(-1, s2)
         per_unit = (self.bins + 1) * self.concepts
         small = torch.int32 if self.units * per_unit < 2 ** 31 else torch.int64
         offset = unit.to(small) * per_unit  # each live row's first count
         ones = torch.ones(1, dtype=self._acc.dtype, device=dev)
         wx = interp_matrix(w, s2, dev).T if w != s2 else None
-        main = self._main()
         step = max(1, ROW_CHUNK // s2)  # live rows per pass, small enough to stay in cache
-        for c in range(0, len(unit), step):
-            sl = slice(c, c + step)
+        slices = [slice(c, min(c + step, near)) for c in range(0, near, step)]
+        slices += [slice(c, c + step) for c in range(near, len(unit), step)]
+        for sl in slices:
             x = rows[sl] @ wx if wx is not None else rows[sl]  # (k, S2)
             pix = (x >= 0).view(-1).nonzero().squeeze(1)
             t = x.reshape(-1).take(pix)
             # bin: evenly spaced up to `main`, then PER_OCTAVE per octave, then overflow
-            far = (t >= main).nonzero().squeeze(1)
-            if len(far):
+            if sl.start >= near:
+                far = (t >= main).nonzero().squeeze(1)
                 t[far] = main + torch.log2(t[far] / main) * PER_OCTAVE
             row = pix >> (s2.bit_length() - 1) if s2 & (s2 - 1) == 0 else torch.div(pix, s2, rounding_mode="floor")
             key = offset[sl].take(row)
@@ -200,8 +221,10 @@ class TailStats:
     # -- persistence ----------------------------------------------------------------------
     def state_dict(self) -> dict:
         self._flush()
+        # no count exceeds the pixels seen: int32 halves the file while that fits
+        joint = self.joint.to(torch.int32) if self.pixels < 2 ** 31 else self.joint
         return {"units": self.units, "concepts": self.concepts, "quantile": self.quantile,
-                "bins": self.bins, "topk": self.topk, "tail": self.tail, "edges": self.edges, "joint": self.joint,
+                "bins": self.bins, "topk": self.topk, "tail": self.tail, "edges": self.edges, "joint": joint,
                 "concept_pixels": self.concept_pixels, "pixels": self.pixels,
                 "top_values": self.top_values, "top_index": self.top_index,
                 "tie": self.tie, "tie_value": self.tie_value, "raw_min": self.raw_min}
@@ -211,6 +234,7 @@ class TailStats:
         st = cls(s["units"], s["concepts"], s["quantile"], s["bins"], s["topk"], s.get("tail"))
         for k in ("edges", "joint", "concept_pixels", "pixels", "top_values", "top_index"):
             setattr(st, k, s[k])
+        st.joint = st.joint.to(torch.int64)
         for k in ("tie", "tie_value", "raw_min"):  # absent from files written before they existed
             if k in s:
                 setattr(st, k, s[k])
@@ -222,12 +246,15 @@ class TailStats:
         return self.joint.view(self.units, self.bins + 1, self.concepts)
 
     def _cum(self):
-        """(joint (U, B+1, C), pixels ≥ each edge by concept (U, B+1, C)), float64; computed
-        once per state of the counts (every update or merge adds pixels)."""
+        """Float64 counts, computed once per state of the counts (every update or merge adds
+        pixels): joint (U, B+1, C), pixels ≥ each edge by concept (U, B+1, C), and both summed
+        over concepts (U, B+1)."""
         joint = self._hist()
         if getattr(self, "_cum_at", None) != self.pixels:
-            above = joint.flip(1).cumsum(1).flip(1)  # integer sums: exact
-            self._cum_cache = joint.to(torch.float64), above.to(torch.float64)
+            j = joint.to(torch.float64)  # integers below 2**53: sums are exact
+            cs = j.cumsum(1)
+            above = cs[:, -1:] - cs + j  # pixels ≥ edge b: all minus those below it
+            self._cum_cache = j, above, j.sum(2), above.sum(2)
             self._cum_at = self.pixels
         return self._cum_cache
 
@@ -238,8 +265,7 @@ class TailStats:
         False where the level fell below the histogram's floor and was clamped to it).
         """
         q = self.quantile if quantile is None else quantile
-        joint, above_c = self._cum()
-        hist, above = joint.sum(2), above_c.sum(2)  # (U, B+1): counts in / ≥ edges[b]
+        _, _, hist, above = self._cum()  # (U, B+1): counts in / ≥ edges[b]
         target = q * self.pixels
         # the bin b where above[b+1] < target <= above[b]
         ok = above[:, 0] >= target
@@ -267,7 +293,7 @@ class TailStats:
         """
         q = self.quantile if quantile is None else quantile
         level, b, frac, ok = self.level(q)
-        joint, above = self._cum()  # (U, B+1, C)
+        joint, above, hist, _ = self._cum()  # (U, B+1, C), (U, B+1)
         above_next = torch.cat([above[:, 1:], torch.zeros_like(above[:, :1])], 1)
         sure = above_next.gather(1, b[:, None, None].expand(-1, 1, self.concepts))[:, 0]
         inbin = joint.gather(1, b[:, None, None].expand(-1, 1, self.concepts))[:, 0]
@@ -278,12 +304,12 @@ class TailStats:
         union = act + cp - inter
         iou = torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(inter))
         # bounds: the intersection lies in [sure, sure + min(inbin, need)]
-        need = frac * joint.sum(2).gather(1, b[:, None])[:, 0]
+        need = frac * hist.gather(1, b[:, None])[:, 0]
         inter_hi = sure + torch.minimum(inbin, need[:, None])
         iou_hi = inter_hi / (act + cp - inter_hi).clamp(min=1)
         iou_lo = sure / (act + cp - sure).clamp(min=1)
         err = torch.maximum(iou_hi - iou, iou - iou_lo)
-        rank_err = joint.sum(2).gather(1, b[:, None])[:, 0] / max(self.pixels, 1)
+        rank_err = hist.gather(1, b[:, None])[:, 0] / max(self.pixels, 1)
         return {"iou": iou, "level": level, "exact": ok, "rank_error": rank_err,
                 "iou_error": err}
 
@@ -292,8 +318,8 @@ class TailStats:
         histogram's range: ranks above 1 − tail) and that threshold — the per-unit,
         per-concept threshold of the 2018 GAN Dissection, instead of one top quantile.
         Returns (iou (U, C), threshold (U, C))."""
-        above = self._cum()[1]  # (U, B+1, C): pixels ≥ edge b, by concept
-        act = above.sum(2, keepdim=True)
+        _, above, _, act = self._cum()  # pixels ≥ edge b, by concept (U, B+1, C) and in all
+        act = act[:, :, None]
         cp = self.concept_pixels.to(torch.float64)[None, None]
         iou = above / (act + cp - above).clamp(min=1)
         best, b = iou.max(1)
