@@ -116,6 +116,18 @@ def train(out_dir="runs/classifier", export_to=DEFAULT_WEIGHTS, steps=1500, batc
 
 
 @torch.no_grad()
+def features(net, x, size=64):
+    """Globally pooled conv5 features (N, 256) of images in [-1, 1], resized to the training
+    size: a second judge of realism for eval-gan, one that no GAN discriminator has seen."""
+    if x.shape[-1] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    for name, layer in net.named_children():
+        if name == "fc":
+            return x
+        x = layer(x)
+
+
+@torch.no_grad()
 def predict(net, x):
     return net(x).argmax(1)
 

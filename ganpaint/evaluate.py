@@ -1,8 +1,11 @@
 """Quality of a scene generator, measured with the shipped segmenter (the bars of the model card).
 
 class balance (pixel fractions per concept, generated vs rendered), a Fréchet distance on the
-segmenter's deepest features (next to the floor: two disjoint sets of renders), and, given a
-dissection, the best unit IoUs and the causal effects (tree ablation, door insertion by context).
+segmenter's deepest features (next to the floor: two disjoint sets of renders), optionally the
+same distance on a second, independent network's features (the scene classifier: the shipped
+GAN's semantic discriminator is built on the segmenter's encoder, so the segmenter's own
+distance is not an outside judge), and, given a dissection, the best unit IoUs and the causal
+effects (tree ablation, door insertion by context).
 """
 from __future__ import annotations
 
@@ -30,27 +33,33 @@ def _fractions(labels_iter, concepts):
 
 
 def eval_gan(generator, segmenter, dissection=None, samples=1000, batch_size=50, seed=1,
-             progress=True) -> dict:
+             progress=True, judge=None) -> dict:
+    """judge: optional callable images → (N, D) features for a second Fréchet distance."""
     concepts = segmenter.concepts
     size = None
-    gen_feats, gen_labels, ren_feats, ren_labels, floor_feats = [], [], [], [], []
+    judges = {"fd": segmenter.features} | ({"fd_judge": judge} if judge is not None else {})
+    feats = {k: {"gen": [], "ren": [], "floor": []} for k in judges}
+    gen_labels, ren_labels = [], []
     for i in tqdm(range(0, samples, batch_size), disable=not progress, desc="eval-gan"):
         idx = list(range(i, min(samples, i + batch_size)))
         imgs = generator(generator.latents(idx, seed))
         size = imgs.shape[-1]
-        gen_feats.append(segmenter.features(imgs).cpu().numpy())
         gen_labels.append(segmenter.segment(imgs))
-        for feats, labels, offset in ((ren_feats, ren_labels, 0), (floor_feats, None, samples)):
+        batches = {"gen": imgs}
+        for part, offset in (("ren", 0), ("floor", samples)):
             r, _ = render_batch([HELDOUT_SEED + 500_000 + offset + j for j in idx], size)
-            r = to_tensor_images(r)
-            feats.append(segmenter.features(r).cpu().numpy())
-            if labels is not None:
-                labels.append(segmenter.segment(r))
+            batches[part] = to_tensor_images(r).to(imgs.device)
+        ren_labels.append(segmenter.segment(batches["ren"]))
+        for k, fn in judges.items():
+            for part, x in batches.items():
+                feats[k][part].append(fn(x).cpu().numpy())
     result = {"samples": samples,
               "fractions": {"generated": _fractions(gen_labels, concepts),
-                            "renders": _fractions(ren_labels, concepts)},
-              "fd": frechet(np.concatenate(gen_feats), np.concatenate(ren_feats)),
-              "fd_floor": frechet(np.concatenate(floor_feats), np.concatenate(ren_feats))}
+                            "renders": _fractions(ren_labels, concepts)}}
+    for k, f in feats.items():
+        f = {part: np.concatenate(v) for part, v in f.items()}
+        result[k] = frechet(f["gen"], f["ren"])
+        result[k + "_floor"] = frechet(f["floor"], f["ren"])
     if dissection is not None:
         from . import experiments
         from .intervene import Painter
@@ -87,7 +96,10 @@ def check_bars(r: dict) -> list[tuple[str, bool, str]]:
         rel = g[c] / max(ren[c], 1e-9) - 1
         rows.append((f"fraction {c}", abs(rel) <= 0.35, f"{g[c]:.4f} vs {ren[c]:.4f} ({rel:+.0%})"))
     rows.append(("fraction door", g["door"] >= 0.5 * ren["door"], f"{g['door']:.4f} vs {ren['door']:.4f}"))
-    rows.append(("Fréchet distance", True, f"{r['fd']:.3f} (floor {r['fd_floor']:.3f})"))
+    rows.append(("Fréchet distance", True, f"{r['fd']:.3f} (floor {r['fd_floor']:.3f}), segmenter features"))
+    if "fd_judge" in r:
+        rows.append(("Fréchet distance", True, f"{r['fd_judge']:.3f} (floor {r['fd_judge_floor']:.3f}), "
+                     "classifier features"))
     if "best_iou" in r:
         bars = {"sky": .25, "grass": .25, "building": .25, "tree": .15, "window": .15, "door": .08}
         for c, t in bars.items():

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 
 from ganpaint import experiments
 from ganpaint.evaluate import frechet
@@ -37,3 +38,33 @@ def test_frechet_distance():
     a, b = rng.normal(size=(2000, 4)), rng.normal(size=(2000, 4))
     assert frechet(a, b) < 0.05
     assert frechet(a, b + 1.0) == pytest.approx(4.0, abs=0.2)
+
+
+class _RenderGenerator:
+    """A 'generator' that draws renders (seeds disjoint from eval-gan's), optionally noisy."""
+    def __init__(self, noise=0.0):
+        self.noise = noise
+
+    def latents(self, idx, seed):
+        return torch.tensor(idx)
+
+    def __call__(self, z):
+        from ganpaint.scenes import render_batch, to_tensor_images
+        x = to_tensor_images(render_batch([7_000_000 + int(i) for i in z], 64)[0])
+        g = torch.Generator().manual_seed(int(z[0]))
+        return (x + self.noise * torch.randn(x.shape, generator=g)).clamp(-1, 1)
+
+
+def test_eval_gan_judges_with_segmenter_and_an_independent_network():
+    from ganpaint.classifier import features, load_classifier
+    from ganpaint.evaluate import check_bars, eval_gan
+    from ganpaint.segmenter import load_segmenter
+    seg, net = load_segmenter(), load_classifier()
+    run = dict(samples=60, batch_size=30, progress=False, judge=lambda x: features(net, x))
+    clean, noisy = eval_gan(_RenderGenerator(), seg, **run), eval_gan(_RenderGenerator(0.5), seg, **run)
+    assert clean["fd_floor"] == noisy["fd_floor"] and clean["fd_judge_floor"] == noisy["fd_judge_floor"]
+    assert noisy["fd"] > 3 * clean["fd"] and noisy["fd_judge"] > 3 * clean["fd_judge"]
+    f = clean["fractions"]
+    assert abs(f["generated"]["sky"] - f["renders"]["sky"]) < 0.1  # renders look like renders
+    names = [name for name, _, figures in check_bars(clean) if "classifier features" in figures]
+    assert names == ["Fréchet distance"]
