@@ -22,7 +22,7 @@ def main(argv=None):
 
     from ganpaint import registry
     from ganpaint.dissect import load_dissection
-    from ganpaint.paintapp import PaintApp, build_demo
+    from ganpaint.paintapp import CSS, PaintApp, build_demo
 
     root = Path(__file__).resolve().parent
     ddir = Path(a.dissection)
@@ -33,7 +33,7 @@ def main(argv=None):
     app = PaintApp(g, d, layer=a.layer)
     demo = build_demo(app, ddir / "experiments")
     demo.queue(default_concurrency_limit=2)
-    demo.launch(server_name=a.host, server_port=a.port, share=False, footer_links=[])
+    demo.launch(server_name=a.host, server_port=a.port, share=False, footer_links=[], css=CSS)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,11 @@ VIEW = 512  # displayed size of the scene
 # the browser exports and uploads the canvas on every stroke, and at 512 px that alone took
 # ~0.5 s of the stroke round trip in headless Chromium. The model draws 64 px, so nothing is lost.
 CANVAS = 256
+# Gradio 6.31's editor can leave its own progress overlay pending after its value is replaced
+# (seen in headless Chromium on most strokes): the overlay then hides the new scene and swallows
+# the next stroke. The status box reports progress instead, so the overlay is made transparent
+# to the eye and to the pointer.
+CSS = "#canvas > .wrap { opacity: 0 !important; pointer-events: none !important; }"
 STRENGTHS = {"low (4 units)": 4, "medium (10 units)": 10, "high (20 units)": 20}
 
 

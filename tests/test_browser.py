@@ -134,13 +134,23 @@ class Page:
         self.pg.get_by_role("option", name=concept, exact=True).click()
         self.pg.locator("#action").get_by_text(action, exact=True).click()
 
+    def scene_box(self):
+        """(x0, y0, scale): where the 512-px scene is drawn (centred in the canvas, scaled to fit)."""
+        canvas = self.pg.locator("#canvas canvas").first.bounding_box()
+        scale = min(canvas["width"], canvas["height"]) / 512 * 0.88
+        return (canvas["x"] + canvas["width"] / 2 - 256 * scale,
+                canvas["y"] + canvas["height"] / 2 - 256 * scale, scale)
+
+    def canvas(self) -> np.ndarray:
+        """What the brush canvas shows of the scene, as a person sees it, at 64 px."""
+        x0, y0, scale = self.scene_box()
+        png = self.pg.screenshot(clip={"x": x0 + 4, "y": y0 + 4, "width": 512 * scale - 8,
+                                       "height": 512 * scale - 8})
+        return small(np.asarray(Image.open(io.BytesIO(png)).convert("RGB")))
+
     def stroke(self, cells):
         """Drag the brush over the centres of the given (8, 8) grid cells."""
-        canvas = self.pg.locator("#canvas canvas").first.bounding_box()
-        # the 512-px scene is drawn centred in the canvas, scaled to fit
-        scale = min(canvas["width"], canvas["height"]) / 512 * 0.88
-        x0 = canvas["x"] + canvas["width"] / 2 - 256 * scale
-        y0 = canvas["y"] + canvas["height"] / 2 - 256 * scale
+        x0, y0, scale = self.scene_box()
         for y, x in zip(*np.nonzero(cells)):
             px, py = x0 + (x + 0.5) * 64 * scale, y0 + (y + 0.5) * 64 * scale
             self.pg.mouse.move(px - 6, py)
@@ -161,6 +171,14 @@ class Page:
                 return
             self.pg.wait_for_timeout(2000)
         raise AssertionError("the canvas took no brush stroke")
+
+
+def small(img):
+    """An image at 64 px as float (a 512-px view is first cropped by 4 px, as `Page.canvas`)."""
+    im = Image.fromarray(img)
+    if im.size == (512, 512):
+        im = im.crop((4, 4, 508, 508))
+    return np.asarray(im.resize((64, 64), Image.BILINEAR)).astype(float)
 
 
 def region(cells, pad=0):
@@ -190,7 +208,9 @@ def paint_scene(page, model, find, concept, action):
 
 def test_paint_in_browser(server, model):
     """Stroke mechanics: a 'remove tree' stroke over a tree changes the scene inside the stroke
-    and not far outside it; undo restores the previous image exactly; latency is printed."""
+    and not far outside it; the canvas then shows the edited scene (no progress overlay left
+    over it) and takes the next stroke at once; undo restores the previous image exactly;
+    latency is printed."""
     pw, b = browser()
     ARTIFACTS.mkdir(exist_ok=True)
     try:
@@ -203,9 +223,15 @@ def test_paint_in_browser(server, model):
         if far.any():
             assert diff[far].mean() < 0.2 * diff[inside].mean(), "the edit spread far outside the stroke"
         assert "1 strokes" in page.status()
+        page.pg.wait_for_timeout(500)
+        shown = page.canvas()
+        assert np.abs(shown - small(after)).mean() < 10, "the canvas does not show the edited scene"
+        assert np.abs(shown - small(after)).mean() < np.abs(shown - small(before)).mean()
         page.pg.screenshot(path=str(ARTIFACTS / "paint_remove_tree.png"))
+        page.paint(cells, attempts=1)
+        assert "2 strokes" in page.status()
         page.wait_change(lambda: page.pg.locator("#undo").click())
-        assert np.array_equal(page.image(), before)
+        assert np.array_equal(page.image(), after)
         print(f"browser round trip for one stroke (click 'apply' → new scene shown): {latency:.2f} s")
         (ARTIFACTS / "latency.txt").write_text(f"apply stroke round trip {latency:.3f} s\n")
     finally:
