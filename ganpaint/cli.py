@@ -298,9 +298,10 @@ def _ablate(p):
             print(json.dumps(r))
             return
         print(f"{r['concept']} pixel fraction before: {r['fraction_before']:.4f}")
-        print(f"{'k':>4} {'after':>8} {'removed':>8} {'random':>8}")
-        for k, f, rm, rr in zip(r["k"], r["fraction_after"], r["removed"], r["random_removed"]):
-            print(f"{k:>4} {f:>8.4f} {rm:>8.3f} {rr:>8.3f}")
+        print(f"{'k':>4} {'after':>8} {'removed':>8} {'random (mean ± sd of draws)':>28}")
+        for k, f, rm, rr, sd in zip(r["k"], r["fraction_after"], r["removed"], r["random_removed"],
+                                    r["random_removed_std"]):
+            print(f"{k:>4} {f:>8.4f} {rm:>8.3f} {rr:>19.3f} ± {sd:.3f}")
         print(f"wrote {out / (stem + '.json')}, {out / (stem + '.png')}")
     return run
 

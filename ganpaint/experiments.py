@@ -1,7 +1,8 @@
 """Causal experiments: what removing units takes away, and where inserting units adds things.
 
 - `ablation`: zero a concept's top-k units (everywhere, or only at the feature cells where the
-  concept is) and count the concept's pixels before and after, with k random units as control.
+  concept is) and count the concept's pixels before and after, with k random units as control
+  (several draws: one draw can hold a strong unit by chance).
 - `insertion`: insert a concept's top units at one random feature cell and count the concept
   pixels added around it, grouped by what the segmenter saw at that cell before.
 Seeds are fixed, so results reproduce; latents come from a seed apart from the dissection's.
@@ -38,9 +39,10 @@ def _cell_mask(labels, c, grid):
 
 def ablation(painter: Painter, segmenter, concept: str, ks=(0, 1, 2, 4, 8, 12, 16, 20, 30),
              samples=500, batch_size=25, seed=EXPERIMENT_SEED, local=False, progress=True,
-             strip: Path | None = None, by: str | None = None) -> dict:
+             strip: Path | None = None, by: str | None = None, random_draws: int = 5) -> dict:
     """`by`: "iou" or "causal" (the learned ranking); default: causal when learned.
-    `strip`: a PNG path for six scenes before (top) and after (bottom) ablating k = 20 units."""
+    `strip`: a PNG path for six scenes before (top) and after (bottom) ablating k = 20 units.
+    `random_removed` is the mean over `random_draws` random unit sets; each draw is kept too."""
     g = painter.generator
     c = lookup(concept, segmenter.concepts)
     name = segmenter.concepts[c]
@@ -50,10 +52,11 @@ def ablation(painter: Painter, segmenter, concept: str, ks=(0, 1, 2, 4, 8, 12, 1
     ranked = top_units(painter.dissection, name, painter.layer, n_units, by)
     if len(ranked) < max(ks):  # units with zero IoU come after, in index order
         ranked += [u for u in range(n_units) if u not in set(ranked)]
-    perm = np.random.default_rng(seed + 1000).permutation(n_units).tolist()
+    rng = np.random.default_rng(seed + 1000)
+    perms = [rng.permutation(n_units).tolist() for _ in range(random_draws)]
     before = 0
     after = {k: 0 for k in ks}
-    after_random = {k: 0 for k in ks}
+    after_random = [{k: 0 for k in ks} for _ in perms]
     shots = []
     for idx in tqdm(list(_batches(samples, batch_size)), disable=not progress,
                     desc=f"ablate {name}", unit="batch"):
@@ -70,7 +73,7 @@ def ablation(painter: Painter, segmenter, concept: str, ks=(0, 1, 2, 4, 8, 12, 1
             region = torch.ones_like(lab, dtype=torch.bool)
         before += int(((lab == c) & region).sum())
         for k in ks:
-            for units, acc in ((ranked[:k], after), (perm[:k], after_random)):
+            for units, acc in [(ranked[:k], after)] + [(p[:k], a) for p, a in zip(perms, after_random)]:
                 if k == 0:
                     acc[k] += int(((lab == c) & region).sum())
                     continue
@@ -84,8 +87,10 @@ def ablation(painter: Painter, segmenter, concept: str, ks=(0, 1, 2, 4, 8, 12, 1
               "fraction_before": before / pixels,
               "fraction_after": [after[k] / pixels for k in ks],
               "removed": [1 - after[k] / max(before, 1) for k in ks],
-              "random_fraction_after": [after_random[k] / pixels for k in ks],
-              "random_removed": [1 - after_random[k] / max(before, 1) for k in ks]}
+              "random_draws": [[1 - a[k] / max(before, 1) for k in ks] for a in after_random]}
+    draws = np.array(result["random_draws"]).reshape(len(perms), len(ks))
+    result["random_removed"] = draws.mean(0).tolist()
+    result["random_removed_std"] = draws.std(0).tolist()
     if strip is not None and shots:
         b, e = shots[0]
         pic = np.concatenate([np.concatenate(list(to_uint8_images(b)), 1),

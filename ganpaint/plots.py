@@ -29,12 +29,17 @@ def ablation_curve(result: dict, path: Path):
     fig, ax = plt.subplots(figsize=(5, 3.4), dpi=100)
     ax.plot(result["k"], result["removed"], "o-", label=f"top-k {result['concept']} units "
             f"({'causal ranking' if result.get('ranking') == 'causal' else 'by IoU'})")
-    ax.plot(result["k"], result["random_removed"], "s--", color="gray", label="k random units")
+    draws = result.get("random_draws", [])
+    for d in draws:
+        ax.plot(result["k"], d, "-", color="gray", lw=0.6, alpha=0.5)
+    ax.plot(result["k"], result["random_removed"], "s--", color="gray",
+            label=f"k random units (mean of {len(draws)} draws, thin: each)" if draws else "k random units")
     ax.set_xlabel("units ablated (k)")
     ax.set_ylabel(f"portion of {result['concept']} pixels removed")
     where = "where the concept is (local)" if result.get("local") else "everywhere"
     ax.set_title(f"{result['layer']}: ablating {where}, {result['samples']} samples")
-    ax.set_ylim(min(-0.1, min(result["removed"] + result["random_removed"]) - 0.05), 1.0)
+    low = min(result["removed"] + result["random_removed"] + [v for d in draws for v in d])
+    ax.set_ylim(min(-0.1, low - 0.05), 1.0)
     ax.axhline(0, color="black", lw=0.5)
     ax.legend(fontsize=8)
     fig.tight_layout()

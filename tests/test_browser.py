@@ -239,9 +239,9 @@ def test_paint_in_browser(server, model):
         pw.stop()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="issue 3: with causal rankings the shipped GAN "
-                   "(3,500 CPU steps) removes ~52 % of trees globally but a local 10-unit stroke only ~15 %, "
-                   "and door strokes add doors in ~57 % of walls; strict, so this fails once it passes")
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="issue 3: the 12,000-step GAN's top-20 causal "
+                   "tree units remove 69 % of trees globally, but a local 10-unit 'remove tree' stroke "
+                   "only ~25 % inside it; strict, so this fails once it passes")
 def test_strokes_change_what_the_segmenter_sees(server, model):
     """'remove tree' over a tree leaves fewer tree pixels there; 'draw door' on a wall adds doors."""
     painter, seg = model
