@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+MODELS = Path(__file__).resolve().parent.parent / "models"  # the shipped weights
+
 
 class CheckpointError(RuntimeError):
     """A weights or state file that cannot be loaded; the message says which file and why."""

@@ -22,8 +22,7 @@ from . import checkpoint
 from .labels import INDEX
 
 CATEGORIES = ["domed square", "village street", "houses", "forest", "farm road", "open field"]
-MODELS = Path(__file__).resolve().parent.parent / "models"
-DEFAULT_WEIGHTS = MODELS / "classifier.pt"
+DEFAULT_WEIGHTS = checkpoint.MODELS / "classifier.pt"
 PROBE_SEED = 1_500_000_000  # probe images: held out from classifier and segmenter training
 
 

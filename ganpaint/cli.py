@@ -107,24 +107,24 @@ def _eval_gan(p):
                    help="dissection directory of the model (default for scenes: models/dissection)")
     p.add_argument("--samples", type=int, default=1000)
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--judge", default=str(Path(__file__).resolve().parent.parent / "models" / "classifier.pt"),
-                   help="scene classifier whose features give a second, independent Fréchet distance")
+    p.add_argument("--judge", default=None, help="scene classifier whose features give a second, "
+                   "independent Fréchet distance (default: the shipped one)")
     p.add_argument("--no-judge", action="store_true", help="skip the classifier-feature distance")
 
     def run(a):
-        from . import registry
+        from . import checkpoint, registry
         from .dissect import load_dissection
         from .evaluate import check_bars, eval_gan
         dev = _device(a)
         g = registry.load_generator(a.model, dev, a.model_arg)
         seg = registry.load_segmenter(a.segmenter, dev, a.segmenter_arg)
-        ddir = a.dissection or (Path(__file__).resolve().parent.parent / "models" / "dissection"
+        ddir = a.dissection or (checkpoint.MODELS / "dissection"
                                 if a.model == "scenes" else None)
         d = load_dissection(ddir) if ddir and Path(ddir).exists() else None
         judge = None
         if not a.no_judge:
             from . import classifier
-            net = classifier.load_classifier(a.judge, dev)
+            net = classifier.load_classifier(a.judge or classifier.DEFAULT_WEIGHTS, dev)
             judge = lambda x: classifier.features(net, x)  # noqa: E731
         r = eval_gan(g, seg, d, a.samples, progress=not a.json, judge=judge)
         if a.json:

@@ -88,7 +88,7 @@ def ablation(painter: Painter, segmenter, concept: str, ks=(0, 1, 2, 4, 8, 12, 1
               "fraction_after": [after[k] / pixels for k in ks],
               "removed": [1 - after[k] / max(before, 1) for k in ks],
               "random_draws": [[1 - a[k] / max(before, 1) for k in ks] for a in after_random]}
-    draws = np.array(result["random_draws"]).reshape(len(perms), len(ks))
+    draws = np.array(result["random_draws"])
     result["random_removed"] = draws.mean(0).tolist()
     result["random_removed_std"] = draws.std(0).tolist()
     if strip is not None and shots:

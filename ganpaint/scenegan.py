@@ -23,8 +23,7 @@ from . import checkpoint
 from .progan import ProGAN
 from .scenes import SceneStream, to_uint8_images
 
-MODELS = Path(__file__).resolve().parent.parent / "models"
-DEFAULT_WEIGHTS = MODELS / "scenegan.pt"
+DEFAULT_WEIGHTS = checkpoint.MODELS / "scenegan.pt"
 # 64×64 output; layer4 (8×8, 256 units) is the painting layer.
 CONFIG = {"z_dim": 128, "channels": [256, 256, 256, 256, 128, 128, 64, 32],
           "upsample": [False, False, True, False, True, False, True, True]}

@@ -16,8 +16,7 @@ import torch.nn.functional as F
 from . import checkpoint
 from .labels import CONCEPTS
 
-MODELS = Path(__file__).resolve().parent.parent / "models"
-DEFAULT_WEIGHTS = MODELS / "segmenter.pt"
+DEFAULT_WEIGHTS = checkpoint.MODELS / "segmenter.pt"
 
 
 class Segmenter:
