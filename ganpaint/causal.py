@@ -9,8 +9,15 @@ removes far more of the concept than removing the top units by IoU, and insertin
 the concept where the scene allows it (doors on walls, not in the sky): one ranking serves
 both painting actions.
 
-Rankings live in `causal.json` beside `dissection.json` ({layer: {concept: ...}});
-`load_dissection` merges them in, so painting and the experiments use them when present.
+A painting stroke ablates only where the brush went, and the tree around it keeps drawing
+into the stroke through the next layers' convolutions (and the pixel norm scales the remaining
+units up). Units that remove a concept everywhere are not the ones that remove it locally, so
+`local=True` learns a second ranking the way painting uses it: α acts only on the feature cells
+where the concept is in each sample, and the loss counts the concept left in those cells.
+
+Rankings live beside `dissection.json` in `causal.json` (global) and `causal_local.json`
+({layer: {concept: ...}}); `load_dissection` merges them in, so painting and the experiments
+use them when present.
 """
 from __future__ import annotations
 
@@ -19,6 +26,7 @@ import os
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from .labels import lookup
@@ -37,27 +45,44 @@ def _edited_images(generator, layer, z, feats, edit):
 
 
 def learn(generator, segmenter, layer: str, concept: str, samples=256, steps=300,
-          batch_size=16, lr=0.1, penalty=0.01, seed=CAUSAL_SEED, progress=True) -> dict:
+          batch_size=16, lr=0.1, penalty=0.01, seed=CAUSAL_SEED, local=False,
+          progress=True) -> dict:
     """Learn α for one concept; returns the ranking (units by α, best first) and the share of
-    the concept left during learning (`curve`)."""
+    the concept left during learning (`curve`). `local`: ablate and count only at the cells
+    where the unedited scene has the concept."""
     c = lookup(concept, segmenter.concepts)
     name = segmenter.concepts[c]
     z = generator.latents(range(samples), seed)
     feats = torch.cat([generator.run(z[i:i + 64], [layer], stop=True)[1][layer]
                        for i in range(0, samples, 64)])
-    with torch.no_grad():
-        before = torch.cat([segmenter.probabilities(_edited_images(
-            generator, layer, z[i:i + 64], feats[i:i + 64], lambda x: x))[:, c]
-            for i in range(0, samples, 64)])
+    with torch.no_grad():  # the concept's probability, and where it wins (its label map)
+        probs, mine = zip(*[(p[:, c], p.argmax(1) == c) for p in (segmenter.probabilities(
+            _edited_images(generator, layer, z[i:i + 64], feats[i:i + 64], lambda x: x))
+            for i in range(0, samples, 64))])
+        probs, mine = torch.cat(probs), torch.cat(mine)
+    if local:
+        cells = F.adaptive_max_pool2d(mine[:, None].float(), feats.shape[2:])
+        where = F.interpolate(cells, size=probs.shape[-2:], mode="nearest")[:, 0]
+    else:
+        cells = torch.ones(samples, 1, 1, 1, device=probs.device)
+        where = torch.ones(samples, 1, 1, device=probs.device)
+    before = probs * where
+    drawn = torch.nonzero(before.flatten(1).sum(1) >= 1)[:, 0]
+    if local and len(drawn) == 0:
+        raise ValueError(f"the generator drew no {name} in {samples} samples: nothing to learn from")
+    pool = drawn if local else torch.arange(samples)
     theta = torch.full((feats.shape[1],), THETA_START, device=feats.device, requires_grad=True)
     opt = torch.optim.Adam([theta], lr=lr)
     rng = torch.Generator().manual_seed(seed)
     curve = []
-    for _ in tqdm(range(steps), disable=not progress, desc=f"causal ranking {name}", unit="step"):
-        idx = torch.randint(samples, (batch_size,), generator=rng)
+    desc = f"{'local ' if local else ''}causal ranking {name}"
+    for _ in tqdm(range(steps), disable=not progress, desc=desc, unit="step"):
+        idx = pool[torch.randint(len(pool), (batch_size,), generator=rng)]
         alpha = torch.sigmoid(theta).reshape(1, -1, 1, 1)
-        images = _edited_images(generator, layer, z[idx], feats[idx], lambda x: x * (1 - alpha))
-        left = segmenter.probabilities(images, grad=True)[:, c].sum() / before[idx].sum().clamp_min(1.0)
+        a = alpha * cells[idx].to(feats.device)
+        images = _edited_images(generator, layer, z[idx], feats[idx], lambda x: x * (1 - a))
+        kept = segmenter.probabilities(images, grad=True)[:, c] * where[idx]
+        left = kept.sum() / before[idx].sum().clamp_min(1.0)
         loss = left + penalty * alpha.sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -65,16 +90,20 @@ def learn(generator, segmenter, layer: str, concept: str, samples=256, steps=300
         curve.append(round(float(left.detach()), 5))
     alpha = torch.sigmoid(theta).detach().cpu()
     order = torch.argsort(-alpha, stable=True)
-    return {"concept": name, "layer": layer, "samples": samples, "steps": steps,
-            "batch_size": batch_size, "penalty": penalty, "seed": seed,
+    return {"concept": name, "layer": layer, "local": bool(local), "samples": samples,
+            "steps": steps, "batch_size": batch_size, "penalty": penalty, "seed": seed,
             "left_start": curve[0], "left_end": curve[-1], "curve": curve[:: max(1, steps // 50)],
             "ranking": [{"unit": int(u), "alpha": round(float(alpha[u]), 5)} for u in order]}
 
 
+FILES = {"causal": "causal.json", "local": "causal_local.json"}  # ranking kind → file
+
+
 def save(out_dir, result: dict) -> Path:
-    """Merge one learned ranking into out_dir/causal.json (atomically)."""
-    f = Path(out_dir) / "causal.json"
-    data = load(out_dir)
+    """Merge one learned ranking into its file in out_dir (atomically)."""
+    kind = "local" if result.get("local") else "causal"
+    f = Path(out_dir) / FILES[kind]
+    data = load(out_dir, kind)
     data.setdefault(result["layer"], {})[result["concept"]] = result
     tmp = f.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=1))
@@ -82,8 +111,8 @@ def save(out_dir, result: dict) -> Path:
     return f
 
 
-def load(out_dir) -> dict:
-    f = Path(out_dir) / "causal.json"
+def load(out_dir, kind="causal") -> dict:
+    f = Path(out_dir) / FILES[kind]
     if not f.exists():
         return {}
     try:
@@ -101,7 +130,7 @@ def learn_all(generator, segmenter, dissection: dict, out_dir, concepts, layer=N
         r = learn(generator, segmenter, layer, concept, **kw)
         save(out_dir, r)
         top = ", ".join(str(u["unit"]) for u in r["ranking"][:10])
-        log(f"{r['concept']}: share left while learning {r['left_start']:.3f} → {r['left_end']:.3f}; "
+        log(f"{r['concept']}{' (local)' if r['local'] else ''}: share left while learning {r['left_start']:.3f} → {r['left_end']:.3f}; "
             f"top units {top}")
         results.append(r)
     return results

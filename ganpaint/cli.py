@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from .ranking import RANKINGS
+
 COMMANDS = {}
 
 
@@ -189,8 +191,8 @@ def _rank(p):
     p.add_argument("--layer", default=None, help="layer (default: the first dissected one)")
     p.add_argument("--concept", default=None)
     p.add_argument("--top", type=int, default=20)
-    p.add_argument("--by", default="iou", choices=["iou", "causal"],
-                   help="IoU, or the causal ranking learned by `rank-causal`")
+    p.add_argument("--by", default="iou", choices=RANKINGS,
+                   help="IoU, or a causal ranking learned by `rank-causal` (local: with --local)")
     p.add_argument("--list", action="store_true", help="list concepts and their detector counts")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -211,7 +213,7 @@ def _rank(p):
         if a.json:
             print(json.dumps(rows))
             return
-        print(f"{'rank':>4} {'unit':>5} {'IoU':>7} {'level':>9}" + (f" {'alpha':>7}" if a.by == "causal" else ""))
+        print(f"{'rank':>4} {'unit':>5} {'IoU':>7} {'level':>9}" + (f" {'alpha':>7}" if a.by != "iou" else ""))
         for r in rows:
             print(f"{r['rank']:>4} {r['unit']:>5} {r['iou']:>7.4f} {r['level']:>9.4g}"
                   + (f" {r['alpha']:>7.3f}" if "alpha" in r else ""))
@@ -226,6 +228,8 @@ def _rank_causal(p):
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--penalty", type=float, default=0.01, help="L1 weight on the coefficients (sparsity)")
+    p.add_argument("--local", action="store_true",
+                   help="learn the ranking painting uses: ablate and count only where the concept is")
     p.add_argument("--threads", type=int, default=None)
 
     def run(a):
@@ -234,8 +238,8 @@ def _rank_causal(p):
         painter, seg = _painter(a)
         causal.learn_all(painter.generator, seg, painter.dissection, a.dissection, a.concepts,
                          painter.layer, samples=a.samples, steps=a.steps,
-                         batch_size=a.batch_size, penalty=a.penalty)
-        print(f"wrote {Path(a.dissection) / 'causal.json'}")
+                         batch_size=a.batch_size, penalty=a.penalty, local=a.local)
+        print(f"wrote {Path(a.dissection) / causal.FILES['local' if a.local else 'causal']}")
     return run
 
 
@@ -277,8 +281,9 @@ def _ablate(p):
     p.add_argument("--k", type=int, nargs="+", default=[0, 1, 2, 4, 8, 12, 16, 20, 30])
     p.add_argument("--local", action="store_true",
                    help="ablate only at feature cells where the concept is, and measure there")
-    p.add_argument("--ranking", default=None, choices=["iou", "causal"],
-                   help="which top-k units: by IoU or by the learned causal ranking (default: causal if learned)")
+    p.add_argument("--ranking", default=None, choices=RANKINGS,
+                   help="which top-k units: by IoU or a learned causal ranking (default: the "
+                        "learned one, local first with --local)")
 
     def run(a):
         from pathlib import Path

@@ -291,7 +291,9 @@ def load_dissection(path) -> dict:
     except json.JSONDecodeError as e:
         raise ValueError(f"{f}: corrupt dissection file: {e}") from None
     from . import causal
-    for layer, learned in causal.load(f.parent).items():
-        if layer in d["layers"]:
-            d["layers"][layer]["causal"] = learned
+    from .ranking import LEARNED
+    for kind, key in LEARNED.items():
+        for layer, learned in causal.load(f.parent, kind).items():
+            if layer in d["layers"]:
+                d["layers"][layer][key] = learned
     return d

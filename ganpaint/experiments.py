@@ -40,7 +40,8 @@ def _cell_mask(labels, c, grid):
 def ablation(painter: Painter, segmenter, concept: str, ks=(0, 1, 2, 4, 8, 12, 16, 20, 30),
              samples=500, batch_size=25, seed=EXPERIMENT_SEED, local=False, progress=True,
              strip: Path | None = None, by: str | None = None, random_draws: int = 5) -> dict:
-    """`by`: "iou" or "causal" (the learned ranking); default: causal when learned.
+    """`by`: "iou", "causal" or "local" (learned rankings); default: the learned one that fits
+    (`local` edits prefer the local ranking), else IoU.
     `strip`: a PNG path for six scenes before (top) and after (bottom) ablating k = 20 units.
     `random_removed` is the mean over `random_draws` random unit sets; each draw is kept too."""
     g = painter.generator
@@ -48,7 +49,7 @@ def ablation(painter: Painter, segmenter, concept: str, ks=(0, 1, 2, 4, 8, 12, 1
     name = segmenter.concepts[c]
     ks = sorted({int(k) for k in ks})
     n_units = painter.dissection["layers"][painter.layer]["units"]
-    by = by or best_ranking(painter.dissection, name, painter.layer)
+    by = by or best_ranking(painter.dissection, name, painter.layer, local)
     ranked = top_units(painter.dissection, name, painter.layer, n_units, by)
     if len(ranked) < max(ks):  # units with zero IoU come after, in index order
         ranked += [u for u in range(n_units) if u not in set(ranked)]
@@ -140,7 +141,7 @@ def insertion(painter: Painter, segmenter, concept="door", units=20, samples=500
     context = {k: {"n": len(v), "mean_added": float(np.mean(v))}
                for k, v in sorted(added.items(), key=lambda kv: -np.mean(kv[1]))}
     return {"concept": name, "layer": painter.layer, "units": units, "quantile": quantile,
-            "ranking": best_ranking(painter.dissection, name, painter.layer),
+            "ranking": painter.ranking(name),
             "samples": samples, "cells_per_sample": cells_per_sample, "seed": seed,
             "pixels_per_cell": ch * cw, "context": context}
 

@@ -74,17 +74,21 @@ class Painter:
         self._cache: OrderedDict = OrderedDict()
         self.cache_size = cache_size
 
+    def ranking(self, concept: str) -> str:
+        """Which ranking strokes use: a stroke edits a region, so the local causal ranking
+        first, then the global one, then IoU."""
+        return best_ranking(self.dissection, concept, self.layer, local=True)
+
     def level(self, units, quantile="0.01") -> torch.Tensor:
         return torch.tensor([self.units[u]["levels"][quantile] for u in units])
 
     def stroke(self, concept: str, mask, action="draw", units=10, strength=1.0,
                quantile="0.01") -> Stroke:
         """A stroke that draws (inserts) or removes (ablates) `concept`'s top `units` units
-        (by the learned causal ranking when there is one, else by IoU)."""
+        (by the learned local causal ranking when there is one: see `ranking`)."""
         if action not in ("draw", "remove"):
             raise ValueError(f"action must be 'draw' or 'remove', not {action!r}")
-        by = best_ranking(self.dissection, concept, self.layer)
-        chosen = top_units(self.dissection, concept, self.layer, int(units), by)
+        chosen = top_units(self.dissection, concept, self.layer, int(units), self.ranking(concept))
         value = None if action == "remove" else self.level(chosen, quantile) * float(strength)
         return Stroke(chosen, torch.as_tensor(mask, dtype=torch.float32), value)
 

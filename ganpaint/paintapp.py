@@ -213,7 +213,8 @@ def build_demo(app: PaintApp, curves_dir: Path | None = None):
                 with gr.Column(scale=2):
                     concept = gr.Dropdown(concepts, value=default, label="concept", elem_id="concept")
                     action = gr.Radio(["draw", "remove"], value="draw", label="action", elem_id="action")
-                    strength = gr.Radio(list(STRENGTHS), value="medium (10 units)", label="strength")
+                    strength = gr.Radio(list(STRENGTHS), value="medium (10 units)", label="strength",
+                                        elem_id="strength")
                     boost = gr.Slider(0.5, 3.0, value=1.0, step=0.1, label="boost (× the 99th-percentile level)")
                     apply_btn = gr.Button("apply stroke", variant="primary", elem_id="apply")
                     with gr.Row():

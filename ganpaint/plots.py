@@ -23,12 +23,15 @@ def bar_chart(values: dict, path: Path, title: str, ylabel: str, color="#4a7ab5"
     plt.close(fig)
 
 
+RANKING_NAMES = {"iou": "by IoU", "causal": "causal ranking", "local": "local causal ranking"}
+
+
 def ablation_curve(result: dict, path: Path):
     """Portion of the concept's pixels removed vs number of units ablated, ranked vs random."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5, 3.4), dpi=100)
     ax.plot(result["k"], result["removed"], "o-", label=f"top-k {result['concept']} units "
-            f"({'causal ranking' if result.get('ranking') == 'causal' else 'by IoU'})")
+            f"({RANKING_NAMES.get(result.get('ranking'), 'by IoU')})")
     draws = result.get("random_draws", [])
     for d in draws:
         ax.plot(result["k"], d, "-", color="gray", lw=0.6, alpha=0.5)

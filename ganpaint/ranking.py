@@ -13,26 +13,29 @@ def layer_of(dissection: dict, layer: str | None) -> str:
     return layer
 
 
-RANKINGS = ("iou", "causal")  # by IoU, or by learned causal effect (see causal.py)
+RANKINGS = ("iou", "causal", "local")  # by IoU, or by learned causal effect, everywhere or
+# where the concept is (see causal.py)
+LEARNED = {"causal": "causal", "local": "causal_local"}  # ranking → its key in a dissected layer
 
 
 def rank_units(dissection: dict, concept: str, layer: str | None = None, top: int = 20,
                by: str = "iou") -> list[dict]:
     """[{rank, unit, iou, level, alpha?}] of the `top` units of `layer` for `concept`, best first.
 
-    by="iou": IoU with the concept; by="causal": the learned causal ranking (`ganpaint rank-causal`)."""
+    by="iou": IoU with the concept; "causal" / "local": a learned causal ranking
+    (`ganpaint rank-causal`, with `--local` for the second)."""
     layer = layer_of(dissection, layer)
     name = dissection["concepts"][lookup(concept, dissection["concepts"])]
     lay = dissection["layers"][layer]
     stats = lay["unit_stats"]
     if by == "iou":
         rows = lay["ranking"].get(name, [])[:top]
-    elif by == "causal":
-        learned = lay.get("causal", {})
+    elif by in LEARNED:
+        learned = lay.get(LEARNED[by], {})
         if name not in learned:
-            raise KeyError(f"no causal ranking for {name!r} in layer {layer} (have: "
+            raise KeyError(f"no {by} causal ranking for {name!r} in layer {layer} (have: "
                            f"{', '.join(sorted(learned)) or 'none'}); run `ganpaint rank-causal "
-                           f"--concepts {name}`")
+                           f"--concepts {name}{' --local' if by == 'local' else ''}`")
         rows = learned[name]["ranking"][:top]
     else:
         raise unknown("ranking", by, RANKINGS)
@@ -42,11 +45,16 @@ def rank_units(dissection: dict, concept: str, layer: str | None = None, top: in
             for i, r in enumerate(rows)]
 
 
-def best_ranking(dissection: dict, concept: str, layer: str | None = None) -> str:
-    """"causal" when a causal ranking was learned for the concept, else "iou"."""
+def best_ranking(dissection: dict, concept: str, layer: str | None = None,
+                 local: bool = False) -> str:
+    """The learned ranking for how the units will be used when there is one — "local" for edits
+    inside a region (painting), "causal" for edits everywhere, either as a fallback — else "iou"."""
     lay = dissection["layers"][layer_of(dissection, layer)]
     name = dissection["concepts"][lookup(concept, dissection["concepts"])]
-    return "causal" if name in lay.get("causal", {}) else "iou"
+    for by in (("local", "causal") if local else ("causal", "local")):
+        if name in lay.get(LEARNED[by], {}):
+            return by
+    return "iou"
 
 
 def top_units(dissection: dict, concept: str, layer: str | None = None, n: int = 20,

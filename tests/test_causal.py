@@ -7,7 +7,7 @@ import torch
 from ganpaint import causal
 from ganpaint.generator import Generator
 from ganpaint.ranking import best_ranking, rank_units
-from tests.toy import SoftSegmenter, causal_generator
+from tests.toy import SoftSegmenter, causal_generator, context_generator
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +44,31 @@ def test_learned_ranking_puts_drawing_units_first(gen):
     assert bright_after_removing(gen, top[:1]) < bright_after_removing(gen, [2]) - 0.02
 
 
+def test_local_ranking_finds_the_units_that_draw_where_they_are():
+    """Unit 1 brightens every pixel from its mean over the map, unit 0 only where it is. Removing
+    a concept everywhere needs unit 1; removing it inside a stroke needs unit 0."""
+    gen = Generator(context_generator(), z_dim=4)
+    seg = SoftSegmenter()
+    kw = dict(samples=64, steps=150, batch_size=8, penalty=0.05, progress=False)
+    everywhere = causal.learn(gen, seg, "layer1", "bright", **kw)
+    local = causal.learn(gen, seg, "layer1", "bright", local=True, **kw)
+    assert everywhere["ranking"][0]["unit"] == 1 and local["ranking"][0]["unit"] == 0
+    assert not everywhere["local"] and local["local"]
+
+    z = gen.latents(range(64), seed=9)
+    x = gen.run(z, ["layer1"], stop=True)[1]["layer1"]
+    where = seg.probabilities(gen.forward_from("layer1", x)).argmax(1) == 1
+    assert 0 < where.float().mean() < 0.5  # brightness is local: a stroke can cover it
+
+    def bright_left(unit, cells):  # zero one unit at the given cells
+        y = x.clone()
+        y[:, unit][cells] = 0
+        return float(seg.probabilities(gen.forward_from("layer1", y))[:, 1][where].mean())
+    everywhere_cells = torch.ones_like(where)
+    assert bright_left(1, everywhere_cells) < bright_left(0, everywhere_cells) - 0.05
+    assert bright_left(0, where) < bright_left(1, where) - 0.02
+
+
 def test_unsplittable_generator_learns_through_hooks(gen):
     """Generators that are not a plain sequence get the edit through a hook, same result."""
     class Wrapped(torch.nn.Module):
@@ -77,6 +102,16 @@ def test_saved_rankings_are_merged_into_the_dissection(tmp_path, gen):
     assert best_ranking(loaded, "dark", "layer1") == "iou"
     assert rank_units(loaded, "bright", "layer1", 1, by="iou")[0]["unit"] == 2
     assert rank_units(loaded, "bright", "layer1", 2, by="causal")[0]["unit"] in (0, 1)
+    assert best_ranking(loaded, "bright", "layer1", local=True) == "causal"  # the fallback
+    with pytest.raises(KeyError, match="--local"):
+        rank_units(loaded, "bright", "layer1", by="local")
+    causal.learn_all(gen, SoftSegmenter(), d, tmp_path, ["bright"], samples=32, steps=20,
+                     batch_size=8, progress=False, log=lambda *a: None, local=True)
+    assert json.loads((tmp_path / "causal_local.json").read_text())["layer1"]["bright"]["local"]
+    loaded = load_dissection(tmp_path)
+    assert best_ranking(loaded, "bright", "layer1", local=True) == "local"
+    assert best_ranking(loaded, "bright", "layer1") == "causal"
+    assert len(rank_units(loaded, "bright", "layer1", 3, by="local")) == 3
     (tmp_path / "causal.json").write_text("{broken")
     with pytest.raises(ValueError, match="causal.json"):
         load_dissection(tmp_path)

@@ -73,3 +73,20 @@ class SoftSegmenter(Segmenter):
         with torch.set_grad_enabled(grad):
             m = images.mean(1, keepdim=True) * 4
             return torch.cat([-m, m], 1).softmax(1)
+
+
+class _NearAndFar(torch.nn.Module):
+    """Brightness at a pixel = unit 0 there (near) + unit 1 at the mirrored pixel (far)."""
+    def forward(self, x):
+        near, far = x[:, :1], x[:, 1:2].flip(-1)
+        return (2.0 * near + 4.0 * far - 2.0).expand(-1, 3, -1, -1)
+
+
+def context_generator():
+    """A generator where unit 0 draws brightness where it is and unit 1 (more strongly) across the
+    image, at the mirrored cell: zeroing unit 1 everywhere darkens most, zeroing it where the
+    image is bright darkens other cells. Global and local rankings must differ."""
+    torch.manual_seed(1)
+    dense = torch.nn.Linear(4, 8 * 16)
+    return torch.nn.Sequential(OrderedDict(
+        layer1=torch.nn.Sequential(dense, _Unflatten(), torch.nn.ReLU()), output=_NearAndFar()))
