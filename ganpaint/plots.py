@@ -40,7 +40,7 @@ def ablation_curve(result: dict, path: Path):
     ax.set_xlabel("units ablated (k)")
     ax.set_ylabel(f"portion of {result['concept']} pixels removed")
     where = "where the concept is (local)" if result.get("local") else "everywhere"
-    ax.set_title(f"{result['layer']}: ablating {where}, {result['samples']} samples")
+    ax.set_title(f"{result['layer']}: ablating {where}\n{result['samples']} samples", fontsize=10)
     low = min(result["removed"] + result["random_removed"] + [v for d in draws for v in d])
     ax.set_ylim(min(-0.1, low - 0.05), 1.0)
     ax.axhline(0, color="black", lw=0.5)
