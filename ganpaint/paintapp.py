@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,7 @@ STRENGTHS = {"low (4 units)": 4, "medium (10 units)": 10, "high (20 units)": 20}
 class Session:
     seed: int = 0
     strokes: list = field(default_factory=list)  # dicts: concept, action, units, boost, mask
+    grid: bool = False  # feature grid drawn over the brush canvas
 
 
 class PaintApp:
@@ -90,8 +91,17 @@ class PaintApp:
             color = np.array((255, 80, 80) if s["action"] == "remove" else (80, 200, 255), np.float32)
             for y, x in zip(*np.nonzero(cells)):
                 out[y * ch:(y + 1) * ch, x * cw:(x + 1) * cw] = 0.6 * out[y * ch:(y + 1) * ch, x * cw:(x + 1) * cw] + 0.4 * color
-        out[::ch, :] = 0.5 * out[::ch, :] + 127
-        out[:, ::cw] = 0.5 * out[:, ::cw] + 127
+        return self.grid_lines(out)
+
+    def grid_lines(self, img: np.ndarray) -> np.ndarray:
+        """`img` with the painting layer's cell borders drawn faintly (one cell per unit position:
+        why strokes act on blocks)."""
+        out = img.astype(np.float32)
+        h, w = self.grid
+        ch, cw = out.shape[0] / h, out.shape[1] / w
+        rows, cols = (np.arange(1, h) * ch).astype(int), (np.arange(1, w) * cw).astype(int)
+        out[rows, :] = 0.5 * out[rows, :] + 127
+        out[:, cols] = 0.5 * out[:, cols] + 127
         return out.clip(0, 255).astype(np.uint8)
 
     def save(self, view: np.ndarray, session: Session) -> str:
@@ -106,17 +116,19 @@ class PaintApp:
         img = self.image(session)
         # no composite: the editor shows the background when it has one, and the same image
         # twice would be encoded and fetched twice
-        editor = {"background": self.view(img, CANVAS), "layers": [], "composite": None}
+        canvas = self.view(img, CANVAS)
+        editor = {"background": self.grid_lines(canvas) if session.grid else canvas,
+                  "layers": [], "composite": None}
         view = self.view(img)
         return editor, session, self.grid_overlay(view, session), self.save(view, session), message
 
     def new_scene(self, seed, session: Session | None = None):
-        session = Session(seed=int(seed) if seed is not None else 0)
+        session = Session(seed=int(seed) if seed is not None else 0, grid=bool(session and session.grid))
         return self.outputs(session, f"scene {session.seed}: paint on it")
 
     def random_scene(self, session: Session | None = None):
         seed = int(np.random.default_rng().integers(0, 100000))
-        return (*self.new_scene(seed), seed)
+        return (*self.new_scene(seed, session), seed)
 
     @staticmethod
     def brush_mask(editor) -> np.ndarray | None:
@@ -142,7 +154,7 @@ class PaintApp:
         stroke = {"concept": concept, "action": "remove" if action.startswith("remove") else "draw",
                   "units": int(units), "boost": float(boost), "mask": mask}
         self.painter.stroke(concept, mask, stroke["action"], stroke["units"])  # validates
-        session = Session(session.seed, session.strokes + [stroke])
+        session = replace(session, strokes=session.strokes + [stroke])
         return self.outputs(session, f"{stroke['action']} {concept} with {units} units "
                                      f"({len(session.strokes)} strokes)")
 
@@ -150,12 +162,17 @@ class PaintApp:
         session = session or Session()
         if not session.strokes:
             return self.outputs(session, "nothing to undo")
-        session = Session(session.seed, session.strokes[:-1])
+        session = replace(session, strokes=session.strokes[:-1])
         return self.outputs(session, f"undone ({len(session.strokes)} strokes left)")
 
     def reset(self, session: Session):
         session = session or Session()
-        return self.outputs(Session(session.seed), "back to the unedited scene")
+        return self.outputs(replace(session, strokes=[]), "back to the unedited scene")
+
+    def show_grid(self, show: bool, session: Session):
+        """Draw (or hide) the feature grid on the brush canvas; the scene and strokes stay."""
+        session = replace(session or Session(), grid=bool(show))
+        return self.outputs(session, f"feature grid on the canvas {'shown' if show else 'hidden'}")
 
     # -- units and ablation tabs -----------------------------------------------------------
     def unit_gallery(self, concept: str, top: int = 12):
@@ -215,6 +232,8 @@ def build_demo(app: PaintApp, curves_dir: Path | None = None):
                     action = gr.Radio(["draw", "remove"], value="draw", label="action", elem_id="action")
                     strength = gr.Radio(list(STRENGTHS), value="medium (10 units)", label="strength",
                                         elem_id="strength")
+                    show_grid = gr.Checkbox(False, label="show the feature grid on the canvas",
+                                            elem_id="showgrid")
                     boost = gr.Slider(0.5, 3.0, value=1.0, step=0.1, label="boost (× the 99th-percentile level)")
                     apply_btn = gr.Button("apply stroke", variant="primary", elem_id="apply")
                     with gr.Row():
@@ -234,6 +253,7 @@ def build_demo(app: PaintApp, curves_dir: Path | None = None):
             apply_btn.click(app.paint, [editor, session, concept, action, strength, boost], outs,
                             concurrency_limit=2)
             undo_btn.click(app.undo, [session], outs, concurrency_limit=2)
+            show_grid.change(app.show_grid, [show_grid, session], outs, concurrency_limit=2)
             reset_btn.click(app.reset, [session], outs, concurrency_limit=2)
             demo.load(app.new_scene, [seed, session], outs)
         with gr.Tab("Units"):

@@ -1,6 +1,7 @@
 """Handler-level tests of the painting app (no browser), on the toy generator."""
 import numpy as np
 import pytest
+from PIL import Image
 
 from ganpaint.dissect import dissect
 from ganpaint.paintapp import CANVAS, VIEW, PaintApp, Session
@@ -68,3 +69,23 @@ def test_units_and_ablation_views(app):
         app.unit_concepts(999)
     before, after = app.ablate_view(app.concepts[0], 8, 0)
     assert before.shape == after.shape and not np.array_equal(before, after)
+
+
+def test_grid_toggle_draws_on_the_canvas_only_and_keeps_the_edit(app):
+    editor, session, _, path, _ = app.new_scene(7)
+    painted = {**editor, "layers": [stroke_layer(0, CANVAS // 8, 0, CANVAS // 8)]}
+    ed, s1, _, path1, _ = app.paint(painted, session, app.concepts[0], "remove", "high (20 units)", 1.0)
+    ed_grid, s2, _, path2, msg = app.show_grid(True, s1)
+    assert s2.grid and s2.strokes == s1.strokes and not s1.grid and "shown" in msg
+    step = CANVAS // 8
+    lines = np.abs(ed_grid["background"].astype(int) - ed["background"].astype(int)).sum(-1)
+    assert lines[step].min() > 0 and lines[:, step].min() > 0  # cell borders drawn
+    assert lines[step // 2, step // 2] == 0  # cell insides untouched
+    assert np.array_equal(np.asarray(Image.open(path1)), np.asarray(Image.open(path2)))  # the download stays clean
+    # the grid stays on through undo and a new scene, and goes away when turned off
+    ed_undo, s3, *_ = app.undo(s2)
+    assert s3.grid and s3.strokes == []
+    _, s4, *_ = app.new_scene(8, s3)
+    assert s4.grid
+    ed_off, s5, *_ = app.show_grid(False, s2)
+    assert not s5.grid and np.array_equal(ed_off["background"], ed["background"])

@@ -236,6 +236,19 @@ def test_paint_in_browser(server, model):
         assert "2 strokes" in page.status()
         page.wait_change(lambda: page.pg.locator("#undo").click())
         assert np.array_equal(page.image(), after)
+        # the grid toggle draws the cell borders over the canvas
+        x0, y0, scale = page.scene_box()
+        clip = {"x": x0, "y": y0, "width": 512 * scale, "height": 512 * scale}
+        plain = np.asarray(Image.open(io.BytesIO(page.pg.screenshot(clip=clip))).convert("L"), float)
+        page.wait_change(lambda: page.pg.locator("#showgrid input").check())
+        page.pg.wait_for_timeout(1500)  # the canvas redraws its background
+        assert "grid on the canvas shown" in page.status()
+        gridded = np.asarray(Image.open(io.BytesIO(page.pg.screenshot(clip=clip))).convert("L"), float)
+        cols = np.abs(gridded - plain).mean(0)
+        borders = [round(len(cols) * k / 8) for k in range(1, 8)]
+        on = np.array([cols[max(0, b - 3):b + 3].max() for b in borders])
+        assert on.min() > 3 * np.median(cols) + 1, (on, np.median(cols))
+        page.pg.screenshot(path=str(ARTIFACTS / "paint_grid.png"))
         print(f"browser round trip for one stroke (click 'apply' → new scene shown): {latency:.2f} s")
         (ARTIFACTS / "latency.txt").write_text(f"apply stroke round trip {latency:.3f} s\n")
     finally:
