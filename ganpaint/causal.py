@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .labels import lookup
-from .ranking import layer_of
+from .ranking import LEARNED, layer_of
 
 CAUSAL_SEED = 2  # latents apart from the dissection's (0) and the experiments' (1)
 THETA_START = -3.0  # α = sigmoid(θ) starts near 0.05: small, but with a gradient
@@ -96,13 +96,15 @@ def learn(generator, segmenter, layer: str, concept: str, samples=256, steps=300
             "ranking": [{"unit": int(u), "alpha": round(float(alpha[u]), 5)} for u in order]}
 
 
-FILES = {"causal": "causal.json", "local": "causal_local.json"}  # ranking kind → file
+def path(out_dir, kind="causal") -> Path:
+    """Where a learned ranking kind ("causal" or "local") is kept: named by its dissection key."""
+    return Path(out_dir) / f"{LEARNED[kind]}.json"
 
 
 def save(out_dir, result: dict) -> Path:
     """Merge one learned ranking into its file in out_dir (atomically)."""
     kind = "local" if result.get("local") else "causal"
-    f = Path(out_dir) / FILES[kind]
+    f = path(out_dir, kind)
     data = load(out_dir, kind)
     data.setdefault(result["layer"], {})[result["concept"]] = result
     tmp = f.with_suffix(".json.tmp")
@@ -112,7 +114,7 @@ def save(out_dir, result: dict) -> Path:
 
 
 def load(out_dir, kind="causal") -> dict:
-    f = Path(out_dir) / FILES[kind]
+    f = path(out_dir, kind)
     if not f.exists():
         return {}
     try:
@@ -130,7 +132,7 @@ def learn_all(generator, segmenter, dissection: dict, out_dir, concepts, layer=N
         r = learn(generator, segmenter, layer, concept, **kw)
         save(out_dir, r)
         top = ", ".join(str(u["unit"]) for u in r["ranking"][:10])
-        log(f"{r['concept']}{' (local)' if r['local'] else ''}: share left while learning {r['left_start']:.3f} → {r['left_end']:.3f}; "
-            f"top units {top}")
+        log(f"{r['concept']}{' (local)' if r['local'] else ''}: share left while learning "
+            f"{r['left_start']:.3f} → {r['left_end']:.3f}; top units {top}")
         results.append(r)
     return results

@@ -239,7 +239,7 @@ def _rank_causal(p):
         causal.learn_all(painter.generator, seg, painter.dissection, a.dissection, a.concepts,
                          painter.layer, samples=a.samples, steps=a.steps,
                          batch_size=a.batch_size, penalty=a.penalty, local=a.local)
-        print(f"wrote {Path(a.dissection) / causal.FILES['local' if a.local else 'causal']}")
+        print(f"wrote {causal.path(a.dissection, 'local' if a.local else 'causal')}")
     return run
 
 
