@@ -73,57 +73,68 @@ def _jitter(rng, color, amount=18):
 
 
 def layout(seed: int) -> Scene:
-    """Lay out the scene for `seed` (deterministic, resolution-free)."""
+    """Lay out the scene for `seed` (deterministic, resolution-free).
+
+    Composed like the close, building-centred views of LSUN church/outdoor: most scenes hold
+    one or two large buildings whose doors and windows are about one painting-layer cell
+    (8 px at 64 px) across, with trees in front of or beside them; the rest are tree groups,
+    fields and roads."""
     rng = np.random.default_rng(seed)
     sky = ("clear", "clear", "overcast", "dusk")[rng.integers(4)]
-    hz = rng.uniform(0.36, 0.56)
+    hz = rng.uniform(0.30, 0.46)
     ground = _jitter(rng, ((80, 150, 60), (110, 160, 70), (140, 160, 80))[rng.integers(3)], 12)
     scene = Scene(seed, hz, sky, ground)
     add = scene.shapes.append
 
     # Road: a perspective strip to a vanishing point on the horizon, or none.
-    if rng.random() < 0.6:
+    if rng.random() < 0.55:
         vx = rng.uniform(0.2, 0.8)
-        bx, bw, tw = rng.uniform(0.2, 0.8), rng.uniform(0.25, 0.6), rng.uniform(0.01, 0.05)
+        bx, bw, tw = rng.uniform(0.15, 0.85), rng.uniform(0.2, 0.5), rng.uniform(0.01, 0.05)
         pts = np.array([[vx - tw, hz], [vx + tw, hz], [bx + bw, 1.02], [bx - bw, 1.02]])
         add(Shape("poly", pts, ROAD, _jitter(rng, (115, 112, 108)), ASPHALT))
 
     # Clouds: clusters of ellipses kept clear of the horizon.
     cloud = SKY_TYPES[sky][2]
-    for _ in range(rng.integers(3, 8) if sky == "overcast" else rng.integers(0, 4)):
-        rx = rng.uniform(0.05, 0.13)
-        cx, cy = rng.uniform(-0.05, 1.05), rng.uniform(0.05, max(0.06, hz - 0.1))
+    for _ in range(rng.integers(2, 6) if sky == "overcast" else rng.integers(0, 4)):
+        rx = rng.uniform(0.07, 0.16)
+        cx, cy = rng.uniform(-0.05, 1.05), rng.uniform(0.04, max(0.05, hz - 0.1))
         col = _jitter(rng, cloud, 8)
         for _ in range(rng.integers(2, 5)):
             erx = rx * rng.uniform(0.5, 1.0)
-            ery = min(erx * rng.uniform(0.35, 0.6), hz - 0.04 - cy)
+            ery = min(erx * rng.uniform(0.35, 0.6), hz - 0.03 - cy)
             ex = cx + rng.uniform(-rx, rx)
-            if ery > 0.005:
+            if ery > 0.008:
                 add(Shape("ellipse", np.array([ex, cy, erx, ery]), CLOUD, col, SOFT))
 
-    # Objects standing on the ground, sorted far (near the horizon) to near.
-    n_build, n_tree = rng.integers(0, 4), rng.integers(0, 6)
-    if n_build + n_tree == 0:
-        n_build = 1
-    kinds = ["building"] * n_build + ["tree"] * n_tree
-    bases = hz + (1.0 - hz) * np.sqrt(rng.uniform(0.04, 0.97, len(kinds)))
-    for i in np.argsort(bases):
-        base = float(bases[i])
-        depth = (base - hz) / (1.0 - hz)  # 0 at the horizon, 1 at the bottom edge
-        scale = 0.25 + 0.85 * depth
+    # Objects standing on the ground: (kind, base, scale), drawn far (high base) to near.
+    objects = []
+    if rng.random() < 0.87:  # a building scene: one main building, maybe a second behind
+        main_base = rng.uniform(0.8, 0.96)
+        objects.append(("building", main_base, 1.0))
+        if rng.random() < 0.5:
+            objects.append(("building", main_base - rng.uniform(0.06, 0.16), 0.8))
+        for _ in range(rng.integers(1, 4) if rng.random() < 0.8 else 0):
+            objects.append(("tree", rng.uniform(main_base - 0.12, 1.0), 1.0))
+    else:  # tree groups, fields and roads
+        for _ in range(rng.integers(0, 7)):
+            objects.append(("tree", hz + (1 - hz) * rng.uniform(0.35, 1.0), 1.0))
+    for kind, base, scale in sorted(objects, key=lambda o: o[1]):
         obj = len(scene.objects)
-        if kinds[i] == "building":
-            scene.objects.append(_building(rng, scene, base, scale, obj))
-        else:
-            scene.objects.append(_tree(rng, scene, base, scale, obj))
+        make = _building if kind == "building" else _tree
+        scene.objects.append(make(rng, scene, float(base), scale, obj))
     return scene
+
+
+# Door and window sizes in unit coordinates: at 64 px a door is 6-9 px wide and 12-16 px tall
+# (one painting-layer cell by 1.5-2), a window 4.5-6.5 px wide.
+DOOR_W, DOOR_H, WINDOW_W, WINDOW_H = (0.10, 0.14), (0.19, 0.25), (0.07, 0.10), (0.08, 0.12)
 
 
 def _building(rng, scene, base, scale, obj):
     add = scene.shapes.append
-    w = scale * rng.uniform(0.3, 0.55)
-    h = scale * rng.uniform(0.25, 0.5)
-    x0 = rng.uniform(-0.2 * w, 1.0 - 0.8 * w)
+    w = scale * rng.uniform(0.6, 0.92)
+    h = scale * rng.uniform(0.4, 0.58)
+    x0 = rng.uniform(-0.15 * w, 1.0 - 0.85 * w)
     x1, top = x0 + w, base - h
     brick = rng.random() < 0.3
     wall = _jitter(rng, WALL_COLORS[rng.integers(len(WALL_COLORS))])
@@ -131,22 +142,22 @@ def _building(rng, scene, base, scale, obj):
 
     roof_kind = ("gable", "gable", "hip", "flat", "dome")[rng.integers(5)]
     rcol = _jitter(rng, ROOF_COLORS[rng.integers(len(ROOF_COLORS))])
-    over = w * 0.06
+    over = w * 0.05
     if roof_kind == "gable":
-        rh = w * rng.uniform(0.25, 0.5)
+        rh = w * rng.uniform(0.2, 0.38)
         pk = x0 + w * rng.uniform(0.4, 0.6)
         add(Shape("poly", np.array([[x0 - over, top], [x1 + over, top], [pk, top - rh]]),
                   ROOF, rcol, FLAT, obj))
     elif roof_kind == "hip":
-        rh = w * rng.uniform(0.15, 0.3)
+        rh = w * rng.uniform(0.12, 0.25)
         ins = w * rng.uniform(0.15, 0.3)
         add(Shape("poly", np.array([[x0 - over, top], [x1 + over, top], [x1 - ins, top - rh],
                                     [x0 + ins, top - rh]]), ROOF, rcol, FLAT, obj))
     elif roof_kind == "flat":
-        add(Shape("poly", _rect(x0 - over * 0.5, top - h * 0.08, x1 + over * 0.5, top + 0.002),
+        add(Shape("poly", _rect(x0 - over * 0.5, top - 0.05, x1 + over * 0.5, top + 0.002),
                   ROOF, rcol, FLAT, obj))
     else:
-        dw = w * rng.uniform(0.3, 0.45)
+        dw = w * rng.uniform(0.22, 0.34)
         cx = (x0 + x1) / 2
         add(Shape("ellipse", np.array([cx, top, dw, dw * rng.uniform(0.8, 1.2)]), DOME,
                   _jitter(rng, DOME_COLORS[rng.integers(len(DOME_COLORS))]), FLAT, obj))
@@ -154,28 +165,31 @@ def _building(rng, scene, base, scale, obj):
         add(Shape("poly", _rect(x0, top, x1, base), BUILDING, wall, BRICK if brick else PLASTER,
                   obj))
 
-    # Door: at the bottom edge of the wall. Windows: a grid above (and beside) it.
-    floors = int(np.clip(round(h / (0.12 * max(scale, 0.5))), 1, 4))
-    floor_h = h / floors
-    cols = int(np.clip(round(w / (0.09 * max(scale, 0.5))), 1, 5))
+    # The wall is split into 2-4 bays. The door stands in one bay at the wall's foot; windows
+    # fill the other bays beside it and, where the wall is tall enough, a row above.
+    bays = int(np.clip(w // 0.16, 2, 4))
+    bay = w / bays
+    ww, wh = rng.uniform(*WINDOW_W), rng.uniform(*WINDOW_H)
     door = None
-    if rng.random() < 0.9:
-        dw = max(w * rng.uniform(0.14, 0.22), 0.025)
-        dh = min(floor_h * rng.uniform(0.7, 0.85), h * 0.8)
-        dx = x0 + rng.uniform(0.1, 0.9) * (w - dw)
+    door_bay = rng.integers(bays)
+    dh = min(rng.uniform(*DOOR_H), h * 0.62)
+    if rng.random() < 0.85:
+        dw = min(rng.uniform(*DOOR_W), bay * 0.8)
+        dx = x0 + (door_bay + 0.5) * bay - dw / 2
         door = (dx, base - dh, dx + dw, base)
         add(Shape("poly", _rect(*door), DOOR, _jitter(rng, DOOR_COLORS[rng.integers(5)], 10),
                   FLAT, obj))
     wcol = _jitter(rng, WINDOW_COLORS[rng.integers(len(WINDOW_COLORS))], 10)
-    cell_w = w / cols
-    ww, wh = cell_w * rng.uniform(0.4, 0.6), floor_h * rng.uniform(0.4, 0.55)
+    rows = [base - dh * 0.62]  # beside the door, level with its upper part
+    if h - dh >= wh + 0.06:
+        rows.append(top + (h - dh) * 0.5)
     windows = []
-    for f in range(floors):
-        for c in range(cols):
-            cx, cy = x0 + (c + 0.5) * cell_w, top + (f + 0.45) * floor_h
-            rect = (cx - ww / 2, cy - wh / 2, cx + ww / 2, cy + wh / 2)
-            if door and rect[0] < door[2] + 0.01 and rect[2] > door[0] - 0.01 and rect[3] > door[1] - 0.01:
+    for r, cy in enumerate(rows):
+        for b in range(bays):
+            if r == 0 and door is not None and b == door_bay:
                 continue  # keep the door clear
+            cx = x0 + (b + 0.5) * bay
+            rect = (cx - ww / 2, cy - wh / 2, cx + ww / 2, cy + wh / 2)
             windows.append(rect)
             add(Shape("poly", _rect(*rect), WINDOW, wcol, FLAT, obj))
     return dict(kind="building", wall=(x0, top, x1, base), roof=roof_kind, door=door,
@@ -184,7 +198,8 @@ def _building(rng, scene, base, scale, obj):
 
 def _tree(rng, scene, base, scale, obj):
     add = scene.shapes.append
-    h = scale * rng.uniform(0.3, 0.6)
+    depth = (base - scene.horizon) / (1.0 - scene.horizon)
+    h = scale * (0.5 + 0.5 * depth) * rng.uniform(0.38, 0.7)
     cx = rng.uniform(-0.05, 1.05)
     tw = h * rng.uniform(0.05, 0.09)
     trunk = _jitter(rng, (95, 65, 40), 12)
@@ -314,3 +329,40 @@ class SceneStream:
         self.next_seed += self.batch_size
         images, labels = render_batch(seeds, self.size)
         return to_tensor_images(images), torch.from_numpy(labels).long()
+
+
+def world_stats(samples: int = 2000, size: int = 64, grid: int = 8, start: int = 0,
+                min_pixels: int = 4, progress: bool = False) -> dict:
+    """How big and how common each concept is, so the world can be checked against the
+    painting layer's scale.
+
+    Per concept: `fraction` (share of all pixels), `presence` (share of scenes showing it),
+    `median_box_px` ([w, h] median bounding box of its connected components at `size` px;
+    slivers under `min_pixels` pixels, left by occlusion, are not objects and are skipped) and
+    `median_box_cells` (the same in cells of a `grid`×`grid` painting layer)."""
+    from tqdm import tqdm
+
+    from .labels import CONCEPTS
+    if samples < 1:
+        raise ValueError(f"samples must be at least 1, got {samples}")
+    k = len(CONCEPTS)
+    pixels, present = np.zeros(k, np.int64), np.zeros(k, np.int64)
+    boxes = [[] for _ in range(k)]
+    for seed in tqdm(range(start, start + samples), disable=not progress, desc="world-stats"):
+        _, lab = render(seed, size)
+        counts = np.bincount(lab.reshape(-1), minlength=k)
+        pixels += counts
+        present += counts > 0
+        for c in np.nonzero(counts)[0]:
+            n, _, st, _ = cv2.connectedComponentsWithStats((lab == c).astype(np.uint8), 8)
+            keep = st[1:, cv2.CC_STAT_AREA] >= min_pixels
+            boxes[c].extend(st[1:][keep][:, [cv2.CC_STAT_WIDTH, cv2.CC_STAT_HEIGHT]].tolist())
+    cell = size / grid
+    out = {}
+    for c, name in enumerate(CONCEPTS):
+        med = np.median(np.array(boxes[c]), 0) if boxes[c] else np.array([0.0, 0.0])
+        out[name] = {"fraction": float(pixels[c] / (samples * size * size)),
+                     "presence": float(present[c] / samples),
+                     "median_box_px": [float(v) for v in med],
+                     "median_box_cells": [round(float(v) / cell, 3) for v in med]}
+    return out
