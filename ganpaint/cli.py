@@ -77,12 +77,14 @@ def _train_gan(p):
     p.add_argument("--lr-d", type=float, default=4e-4)
     p.add_argument("--no-semantic-d", dest="semantic", action="store_false",
                    help="train against the pixel discriminator only (no frozen-segmenter one)")
+    p.add_argument("--init", default=None,
+                   help="generator file a fresh run starts from (e.g. models/scenegan.pt)")
 
     def run(a):
         from .scenegan import train
         _threads(a)
         train(a.out, a.export, a.steps, a.batch_size, a.lr_g, a.lr_d, device=a.device,
-              semantic=a.semantic)
+              semantic=a.semantic, init=a.init)
     return run
 
 
@@ -477,6 +479,26 @@ def _samples(p):
         rows += [big(to_uint8_images(x)), big(colorize(seg.segment(x).cpu().numpy()), True)]
         Image.fromarray(np.concatenate(rows, 0)).save(a.out)
         print(f"wrote {a.out}")
+    return run
+
+
+@command("world-stats", "how big and how common each concept of the scene world is (pixel share, presence, box size in px and painting-layer cells)")
+def _world_stats(p):
+    p.add_argument("--samples", type=int, default=2000)
+    p.add_argument("--start", type=int, default=0, help="first seed")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    def run(a):
+        from .scenes import world_stats
+        r = world_stats(a.samples, start=a.start, progress=not a.json)
+        if a.json:
+            print(json.dumps(r))
+            return
+        print(f"{'concept':<10} {'fraction':>8} {'presence':>8}  median box px (w×h)  cells (8×8 layer)")
+        for c, v in r.items():
+            (w, h), (cw, ch) = v["median_box_px"], v["median_box_cells"]
+            print(f"{c:<10} {v['fraction']:8.3f} {v['presence']:8.2f}  {w:5.1f} × {h:<5.1f}        "
+                  f"{cw:.2f} × {ch:.2f}")
     return run
 
 

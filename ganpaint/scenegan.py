@@ -86,8 +86,9 @@ class SemanticDiscriminator(nn.Module):
     The encoder is fixed (eval mode, no gradients to its weights); only the small heads learn.
     Gradients still flow through it to the generator's image."""
 
-    def __init__(self, unet):
+    def __init__(self, unet, scales=(0, 1, 2)):
         super().__init__()
+        self.scales = tuple(scales)
         self.encoder = nn.ModuleList([unet.enc1, unet.enc2, unet.enc3, unet.bottom]).eval()
         self.encoder.requires_grad_(False)
         sn = nn.utils.parametrizations.spectral_norm
@@ -95,7 +96,8 @@ class SemanticDiscriminator(nn.Module):
         self.heads = nn.ModuleList(
             nn.Sequential(sn(nn.Conv2d(c, 64, 3, padding=1)), nn.LeakyReLU(0.2),
                           sn(nn.Conv2d(64, 64, 4, stride=2, padding=1)), nn.LeakyReLU(0.2),
-                          sn(nn.Conv2d(64, 1, 1))) for c in widths)
+                          sn(nn.Conv2d(64, 1, 1))) if i in self.scales else nn.Identity()
+            for i, c in enumerate(widths))
 
     def train(self, mode=True):
         super().train(mode)
@@ -104,11 +106,11 @@ class SemanticDiscriminator(nn.Module):
 
     def forward(self, x):
         scores, h = [], x
-        for i, block in enumerate(self.encoder):
+        for i, block in enumerate(self.encoder[:max(self.scales) + 2]):
             h = block(h if i == 0 else F.max_pool2d(h, 2))
-            if i:
+            if i and i - 1 in self.scales:
                 scores.append(self.heads[i - 1](h).flatten(1).mean(1))
-        return torch.stack(scores, 1)  # (N, 3): one score per scale
+        return torch.stack(scores, 1)  # (N, scales): one score per scale
 
 
 def sample_grid(g, n=64, seed=0, device="cpu") -> np.ndarray:
@@ -120,63 +122,96 @@ def sample_grid(g, n=64, seed=0, device="cpu") -> np.ndarray:
     return np.concatenate(rows, 0)
 
 
+class Trainer:
+    """The GAN's parts and one training step, shared by `train` and `bench/train_bench.py`
+    (so the benchmark times exactly what training runs).
+
+    `amp` runs forward passes under bf16 autocast; `semantic_scales` picks which of the
+    segmenter's encoder scales the semantic discriminator judges (fewer is cheaper)."""
+
+    def __init__(self, batch_size=16, lr_g=1e-3, lr_d=4e-4, device="cpu", semantic=True,
+                 segmenter_path=None, config=None, amp=False, semantic_scales=(0, 1, 2)):
+        from .segmenter import DEFAULT_WEIGHTS as SEGMENTER, load_segmenter
+        torch.manual_seed(0)  # same initial weights every run: a resumed run equals an unbroken one
+        cl = self.memory_format = torch.channels_last  # faster convolutions on the CPU
+        self.device, self.batch_size, self.amp = torch.device(device), batch_size, amp
+        g, d = build_generator(config).to(device, memory_format=cl), Discriminator().to(device, memory_format=cl)
+        self.g, self.d = g, d
+        self.g_ema = build_generator(config).to(device, memory_format=cl).eval()
+        self.g_ema.load_state_dict(g.state_dict())
+        opt_g = torch.optim.Adam(g.parameters(), lr=lr_g, betas=(0.0, 0.99))
+        opt_d = torch.optim.Adam(d.parameters(), lr=lr_d, betas=(0.0, 0.99))
+        self.parts = {"g": g, "d": d, "g_ema": self.g_ema, "opt_g": opt_g, "opt_d": opt_d}
+        self.opt_g, self.discs = opt_g, [(d, opt_d)]
+        if semantic:
+            d_sem = SemanticDiscriminator(load_segmenter(segmenter_path or SEGMENTER).net,
+                                          scales=semantic_scales)
+            d_sem = d_sem.to(device, memory_format=cl)
+            opt_s = torch.optim.Adam(d_sem.heads.parameters(), lr=lr_d, betas=(0.0, 0.99))
+            self.parts.update(d_sem=d_sem.heads, opt_d_sem=opt_s)
+            self.discs.append((d_sem, opt_s))
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
+
+    def step(self, real: torch.Tensor, step: int) -> tuple[float, float]:
+        """One step: a discriminator step per discriminator (hinge), then a generator step
+        against all of them, then the EMA update. Returns (loss_d, loss_g)."""
+        real = real.to(self.device).contiguous(memory_format=self.memory_format)
+        z = torch.randn(real.shape[0], self.g.z_dim, generator=torch.Generator().manual_seed(step))
+        with self._autocast():
+            fake = self.g(z.to(self.device))  # one forward serves both steps
+        loss_d = 0.0
+        for disc, opt in self.discs:
+            with self._autocast():
+                loss = F.relu(1 - disc(real)).mean() + F.relu(1 + disc(fake.detach())).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.float().backward()
+            opt.step()
+            loss_d += loss.item()
+        with self._autocast():
+            loss_g = -sum(disc(fake).mean() for disc, _ in self.discs)
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.float().backward()
+        self.opt_g.step()
+        beta = min(0.998, (2 + step) / (11 + step))
+        with torch.no_grad():
+            for pe, p in zip(self.g_ema.parameters(), self.g.parameters()):
+                pe.lerp_(p, 1 - beta)
+        return loss_d, loss_g.item()
+
+
 def train(out_dir="runs/gan", export_to=DEFAULT_WEIGHTS, steps=20000, batch_size=32,
-          lr_g=1e-3, lr_d=1e-3, device=None, log=print, semantic=True, segmenter_path=None):
+          lr_g=1e-3, lr_d=1e-3, device=None, log=print, semantic=True, segmenter_path=None,
+          init=None):
+    """Train (or resume) the scene GAN. `init`: a generator file to start a fresh run from
+    (its weights seed G and its EMA; the discriminators start fresh)."""
     from PIL import Image
-    from .segmenter import DEFAULT_WEIGHTS as SEGMENTER, load_segmenter
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     out_dir = Path(out_dir)
     state_path = out_dir / "state.pt"
-    torch.manual_seed(0)  # same initial weights every run: a resumed run equals an unbroken one
-    cl = torch.channels_last  # faster convolutions on the CPU
-    g, d = build_generator().to(device, memory_format=cl), Discriminator().to(device, memory_format=cl)
-    g_ema = build_generator().to(device, memory_format=cl).eval()
-    g_ema.load_state_dict(g.state_dict())
-    opt_g = torch.optim.Adam(g.parameters(), lr=lr_g, betas=(0.0, 0.99))
-    opt_d = torch.optim.Adam(d.parameters(), lr=lr_d, betas=(0.0, 0.99))
-    parts = {"g": g, "d": d, "g_ema": g_ema, "opt_g": opt_g, "opt_d": opt_d}
-    discs = [(d, opt_d)]
-    if semantic:
-        d_sem = SemanticDiscriminator(load_segmenter(segmenter_path or SEGMENTER).net)
-        d_sem = d_sem.to(device, memory_format=cl)
-        opt_s = torch.optim.Adam(d_sem.heads.parameters(), lr=lr_d, betas=(0.0, 0.99))
-        parts.update(d_sem=d_sem.heads, opt_d_sem=opt_s)
-        discs.append((d_sem, opt_s))
-    step = checkpoint.resume(state_path, parts, device, log, optional=("d_sem", "opt_d_sem"))
-    stream = SceneStream(g.resolution, batch_size, start=step * batch_size)
+    tr = Trainer(batch_size, lr_g, lr_d, device, semantic, segmenter_path)
+    if init is not None and not state_path.exists():
+        start = load_generator(init, device)
+        tr.g.load_state_dict(start.state_dict())
+        tr.g_ema.load_state_dict(start.state_dict())
+        log(f"fresh run: generator initialised from {init}")
+    step = checkpoint.resume(state_path, tr.parts, device, log, optional=("d_sem", "opt_d_sem"))
+    stream = SceneStream(tr.g.resolution, batch_size, start=step * batch_size)
     bar = tqdm(total=steps, initial=step, desc=f"train {out_dir.name}", unit="step")
     while step < steps:
         real, _ = next(stream)
-        real = real.to(device).contiguous(memory_format=cl)
-        z = torch.randn(batch_size, g.z_dim, generator=torch.Generator().manual_seed(step))
-        fake = g(z.to(device))  # one forward serves both steps
-        # discriminator steps (hinge), one per discriminator
-        loss_d = 0.0
-        for disc, opt in discs:
-            loss = F.relu(1 - disc(real)).mean() + F.relu(1 + disc(fake.detach())).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loss_d += loss.item()
-        # generator step: fool them all
-        loss_g = -sum(disc(fake).mean() for disc, _ in discs)
-        opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        opt_g.step()
+        loss_d, loss_g = tr.step(real, step)
         step += 1
-        beta = min(0.998, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, p in zip(g_ema.parameters(), g.parameters()):
-                pe.lerp_(p, 1 - beta)
         bar.update(1)
         if step % 25 == 0:
-            bar.set_postfix(loss_d=f"{loss_d:.3f}", loss_g=f"{loss_g.item():.3f}")
+            bar.set_postfix(loss_d=f"{loss_d:.3f}", loss_g=f"{loss_g:.3f}")
         if step % 100 == 0 or step == steps:
-            checkpoint.save({name: part.state_dict() for name, part in parts.items()} | {"step": step},
+            checkpoint.save({name: part.state_dict() for name, part in tr.parts.items()} | {"step": step},
                             state_path)
         if step % 500 == 0 or step == steps:
-            export(g_ema, export_to, {"steps": step, "batch_size": batch_size})
-            Image.fromarray(sample_grid(g_ema, device=device)).save(out_dir / f"samples_{step:06d}.png")
+            export(tr.g_ema, export_to, {"steps": step, "batch_size": batch_size})
+            Image.fromarray(sample_grid(tr.g_ema, device=device)).save(out_dir / f"samples_{step:06d}.png")
             bar.write(f"exported {export_to} at step {step}")
     bar.close()
-    return g_ema
+    return tr.g_ema
