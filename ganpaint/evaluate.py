@@ -4,13 +4,16 @@ class balance (pixel fractions per concept, generated vs rendered), a Fréchet d
 segmenter's deepest features (next to the floor: two disjoint sets of renders), optionally the
 same distance on a second, independent network's features (the scene classifier: the shipped
 GAN's semantic discriminator is built on the segmenter's encoder, so the segmenter's own
-distance is not an outside judge), and, given a dissection, the best unit IoUs and the causal
-effects (tree ablation, door insertion by context).
+distance is not an outside judge) with references that say what a distance means (renders
+blurred by a 2× and a 4× bilinear down-then-up resize), and, given a dissection, the best unit
+IoUs, the causal effects (tree ablation, door insertion by context) and strokes painted as a
+person paints them (`experiments.painting`).
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from .scenes import HELDOUT_SEED, render_batch, to_tensor_images
@@ -32,13 +35,24 @@ def _fractions(labels_iter, concepts):
     return {c: float(v / counts.sum()) for c, v in zip(concepts, counts)}
 
 
+def blurred(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """Images passed through a bilinear down-then-up resize by `factor`: the reference
+    distances say how far from renders a generator is, in blur a person can picture."""
+    size = x.shape[-2:]
+    small = F.interpolate(x, scale_factor=1 / factor, mode="bilinear", align_corners=False,
+                          antialias=True)
+    return F.interpolate(small, size=size, mode="bilinear", align_corners=False)
+
+
 def eval_gan(generator, segmenter, dissection=None, samples=1000, batch_size=50, seed=1,
-             progress=True, judge=None) -> dict:
-    """judge: optional callable images → (N, D) features for a second Fréchet distance."""
+             progress=True, judge=None, painting=True) -> dict:
+    """judge: optional callable images → (N, D) features for a second Fréchet distance.
+    `painting`: with a dissection, also paint strokes as a person would (`experiments.painting`)."""
     concepts = segmenter.concepts
     size = None
     judges = {"fd": segmenter.features} | ({"fd_judge": judge} if judge is not None else {})
-    feats = {k: {"gen": [], "ren": [], "floor": []} for k in judges}
+    # disjoint renders (the floor), and the same blurred: what a distance of blur looks like
+    feats = {k: {"gen": [], "ren": [], "floor": [], "ref2x": [], "ref4x": []} for k in judges}
     gen_labels, ren_labels = [], []
     for i in tqdm(range(0, samples, batch_size), disable=not progress, desc="eval-gan"):
         idx = list(range(i, min(samples, i + batch_size)))
@@ -50,9 +64,10 @@ def eval_gan(generator, segmenter, dissection=None, samples=1000, batch_size=50,
             r, _ = render_batch([HELDOUT_SEED + 500_000 + offset + j for j in idx], size)
             batches[part] = to_tensor_images(r).to(imgs.device)
         ren_labels.append(segmenter.segment(batches["ren"]))
+        batches.update(ref2x=blurred(batches["floor"], 2), ref4x=blurred(batches["floor"], 4))
         for k, fn in judges.items():
-            for part, x in batches.items():
-                feats[k][part].append(fn(x).cpu().numpy())
+            for part in feats[k]:
+                feats[k][part].append(fn(batches[part]).cpu().numpy())
     result = {"samples": samples,
               "fractions": {"generated": _fractions(gen_labels, concepts),
                             "renders": _fractions(ren_labels, concepts)}}
@@ -60,6 +75,8 @@ def eval_gan(generator, segmenter, dissection=None, samples=1000, batch_size=50,
         f = {part: np.concatenate(v) for part, v in f.items()}
         result[k] = frechet(f["gen"], f["ren"])
         result[k + "_floor"] = frechet(f["floor"], f["ren"])
+        for ref in ("ref2x", "ref4x"):
+            result[f"{k}_{ref}"] = frechet(f[ref], f["ren"])
     if dissection is not None:
         from . import experiments
         from .intervene import Painter
@@ -87,38 +104,52 @@ def eval_gan(generator, segmenter, dissection=None, samples=1000, batch_size=50,
         result["door_gain_sky"] = ctx.get("sky", {}).get("mean_added", 0.0)
         result["door_context"] = ctx
         result["rankings"] = {"tree": ab["ranking"], "door": ins["ranking"]}
+        result["top_quantile_iou"] = {c: result["best_iou"].get(c, 0.0) for c in ("tree", "door", "window")}
+        if painting:
+            result.update(experiments.painting(painter, segmenter, progress=progress))
     return result
 
 
 def check_bars(r: dict) -> list[tuple[str, bool, str]]:
-    """The issue's quality bars as (name, passed, figures) rows."""
+    """The world issue's quality bars as (name, passed, figures) rows; every verdict is
+    computed from the figures."""
     rows = []
     g, ren = r["fractions"]["generated"], r["fractions"]["renders"]
-    for c in ("sky", "grass", "tree", "building", "roof", "window"):
-        rel = g[c] / max(ren[c], 1e-9) - 1
-        rows.append((f"fraction {c}", abs(rel) <= 0.35, f"{g[c]:.4f} vs {ren[c]:.4f} ({rel:+.0%})"))
-    rows.append(("fraction door", g["door"] >= 0.5 * ren["door"], f"{g['door']:.4f} vs {ren['door']:.4f}"))
-    rows.append(("Fréchet distance", True, f"{r['fd']:.3f} (floor {r['fd_floor']:.3f}), segmenter features"))
-    if "fd_judge" in r:
-        rows.append(("Fréchet distance", True, f"{r['fd_judge']:.3f} (floor {r['fd_judge_floor']:.3f}), "
-                     "classifier features"))
-    if "best_iou" in r:
-        bars = {"sky": .25, "grass": .25, "building": .25, "tree": .15, "window": .15, "door": .08}
-        for c, t in bars.items():
-            v = r["best_iou"].get(c, 0.0)
-            cap = r.get("iou_cap", {}).get(c)
-            note = f"; at most {cap:.3f} at this quantile" if cap is not None else ""
-            bt = r.get("best_threshold_iou", {}).get(c)
-            if bt is not None:  # judged at each unit's best threshold, as in GAN Dissection 2018
-                rows.append((f"best IoU {c}", bt >= t, f"{bt:.3f} at the best threshold "
-                             f"(bar {t}); {v:.3f} at the top quantile{note}"))
-            else:
-                rows.append((f"best IoU {c}", v >= t, f"{v:.3f} (bar {t}{note})"))
-        rows.append(("tree removed by top-20", r["tree_removed_top20"] >= 0.6, f"{r['tree_removed_top20']:.3f} (bar 0.6)"))
+    for c in g:
+        if ren[c] <= 0:
+            continue
+        rel = g[c] / ren[c] - 1
+        bar = 0.5 if c in ("door", "dome") else 0.25
+        rows.append((f"fraction {c}", abs(rel) <= bar,
+                     f"{g[c]:.4f} vs {ren[c]:.4f} ({rel:+.0%}, bar ±{bar:.0%})"))
+    for k, judge in (("fd", "segmenter"), ("fd_judge", "classifier")):
+        if f"{k}_ref2x" in r:  # below the distance of renders blurred by a 2× resize
+            rows.append((f"Fréchet distance ({judge})", r[k] < r[f"{k}_ref2x"],
+                         f"{r[k]:.3f}; renders blurred 2× {r[f'{k}_ref2x']:.3f}, 4× "
+                         f"{r[f'{k}_ref4x']:.3f}, floor {r[f'{k}_floor']:.3f} (bar: below 2×)"))
+    if "tree_removed_top20" in r:
+        rows.append(("tree removed by top-20", r["tree_removed_top20"] >= 0.75,
+                     f"{r['tree_removed_top20']:.3f} (bar 0.75)"))
         draws = r.get("tree_change_random20_draws")
         each = f"; draws {', '.join(f'{d:+.3f}' for d in draws)}" if draws else ""
-        rows.append(("tree change by random-20", r["tree_change_random20"] < 0.15,
-                     f"{r['tree_change_random20']:.3f} mean size (bar < 0.15{each})"))
-        w, s = r["door_gain_wall"], r["door_gain_sky"]
-        rows.append(("door on wall vs sky", w >= 5 * max(s, 0) and w > 0, f"{w:.2f} vs {s:.2f} px"))
+        rows.append(("tree change by random-20", r["tree_change_random20"] < 0.10,
+                     f"{r['tree_change_random20']:.3f} mean size (bar < 0.10{each})"))
+        iou = ", ".join(f"{c} {v:.3f}" for c, v in r["top_quantile_iou"].items())
+        rows.append(("top-quantile IoU (reported)", True, iou))
+    if "door_dab" in r:
+        dd, ts = r["door_dab"], r["tree_stroke"]
+        na = lambda v, f: "n/a" if v is None else format(v, f)  # noqa: E731
+        rows.append(("door dab at a wall's foot", (dd["wall_success"] or 0) >= 0.7,
+                     f"{na(dd['wall_success'], '.0%')} of {len(dd['wall_gain'])} scenes gain ≥ "
+                     f"{dd['min_gain']} door px (bar 70 %)"))
+        rows.append(("door dab in the sky", dd["sky_success"] is not None and dd["sky_success"] <= 0.1,
+                     f"{na(dd['sky_success'], '.0%')} of {len(dd['sky_gain'])} scenes (bar ≤ 10 %)"))
+        rows.append(("remove tree: share left", ts["left_median"] is not None and ts["left_median"] <= 0.35,
+                     f"median {na(ts['left_median'], '.3f')} over {len(ts['left'])} scenes (bar ≤ 0.35)"))
+        rows.append(("remove tree: background", (ts["background_share"] or 0) >= 0.8,
+                     f"{na(ts['background_share'], '.0%')} of removed tree pixels become sky, "
+                     f"grass, road or building (bar 80 %)"))
+        rows.append(("draw tree on grass", (r["tree_draw_success"] or 0) >= 0.7,
+                     f"{na(r['tree_draw_success'], '.0%')} of {len(r['tree_draw_gain'])} scenes "
+                     f"gain ≥ {r['tree_draw_min_gain']} tree px (bar 70 %)"))
     return rows

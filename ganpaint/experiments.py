@@ -146,6 +146,131 @@ def insertion(painter: Painter, segmenter, concept="door", units=20, samples=500
             "pixels_per_cell": ch * cw, "context": context}
 
 
+def _shares(lab, n_concepts, grid):
+    """(N, C, h, w): the share of each feature cell's pixels that each concept covers."""
+    onehot = F.one_hot(lab.long(), n_concepts).permute(0, 3, 1, 2).float()
+    return F.adaptive_avg_pool2d(onehot, grid)
+
+
+def _wall_foot(sh, building, door):
+    """The cell a person clicks to add a door: a plain wall cell (no door in it) whose cell
+    below is neither wall nor door (the ground); the most wall-covered such cell. None if the
+    scene has none."""
+    wall = sh[building] >= 0.5
+    facade = (sh[building] + sh[door]) >= 0.5
+    below = torch.cat([facade[1:], torch.zeros_like(facade[:1])])
+    cand = wall & ~below & (sh[door] == 0)
+    if not cand.any():
+        return None
+    score = torch.where(cand, sh[building], torch.full_like(sh[building], -1.0))
+    return divmod(int(score.argmax()), sh.shape[-1])
+
+
+def _sky_cell(sh, sky):
+    """A cell of open sky (≥ 95 % sky): the highest such cell nearest the middle column."""
+    h, w = sh.shape[-2:]
+    ys, xs = torch.nonzero(sh[sky] >= 0.95, as_tuple=True)
+    if not len(ys):
+        return None
+    i = int(torch.argmin(ys * w + (xs.float() - (w - 1) / 2).abs()))
+    return int(ys[i]), int(xs[i])
+
+
+def _grass_patch(sh, grass):
+    """The 2×2-cell patch most covered by grass, if every cell of it is ≥ 70 % grass."""
+    g = sh[grass]
+    pool = F.avg_pool2d(g[None, None], 2, stride=1)[0, 0]
+    least = -F.max_pool2d(-g[None, None], 2, stride=1)[0, 0]
+    pool = torch.where(least >= 0.7, pool, torch.full_like(pool, -1.0))
+    if pool.max() < 0:
+        return None
+    return divmod(int(pool.argmax()), pool.shape[-1])
+
+
+def painting(painter: Painter, segmenter, scenes=(50, 30, 30), seed=EXPERIMENT_SEED,
+             units=(10, 10, 20), min_gain=(24, 40), scan=2000, batch_size=25,
+             progress=True) -> dict:
+    """Strokes as a person paints them, on the first generated scenes that qualify, in seed
+    order (no picking): a one-cell "draw door" dab at the foot of a wall and the same dab in
+    open sky; "remove tree" over every cell a tree covers (> 10 % of it); "draw tree" on a
+    2×2-cell patch of grass. Counts are segmenter pixels at the generator's resolution.
+
+    `scenes`: how many scenes each figure uses (door dabs, tree removals, tree drawings);
+    `units`: units per stroke for the same three; `min_gain`: door pixels gained in the 3×3
+    cells around a dab, and tree pixels gained in and around a grass patch, that count as
+    a success."""
+    g, concepts = painter.generator, segmenter.concepts
+    B, D, T, S, G_ = (lookup(n, concepts) for n in ("building", "door", "tree", "sky", "grass"))
+    background = torch.tensor([lookup(n, concepts) for n in ("sky", "grass", "road", "building")])
+    n_dab, n_tree, n_draw = scenes
+    wall, sky, left, drawn, moved, bg = [], [], [], [], 0, 0
+    seeds = {"wall": [], "sky": [], "tree": [], "grass": []}
+    bar = tqdm(total=sum(scenes) + n_dab, disable=not progress, desc="painting", unit="scene")
+
+    def edit(z, concept, cells, action, k):
+        out = painter.render(z, [painter.stroke(concept, cells, action, k)])
+        return segmenter.segment(out)[0]
+
+    def around(cell, grid, size):  # the cell and its 8 neighbours, in pixels
+        (y, x), (h, w) = cell, grid
+        ch, cw = size // h, size // w
+        return (slice(max(0, y - 1) * ch, min(h, y + 2) * ch),
+                slice(max(0, x - 1) * cw, min(w, x + 2) * cw))
+
+    for idx in _batches(scan, batch_size):
+        if len(wall) >= n_dab and len(sky) >= n_dab and len(left) >= n_tree and len(drawn) >= n_draw:
+            break
+        z = g.latents(idx, seed)
+        lab = segmenter.segment(painter.render(z))
+        grid = painter.features(z).shape[2:]
+        shares = _shares(lab, len(concepts), grid)
+        size = lab.shape[-1]
+        for i, sample in enumerate(idx):
+            zi, li, sh = z[i:i + 1], lab[i], shares[i]
+            for kind, cell, store in (("wall", _wall_foot(sh, B, D), wall), ("sky", _sky_cell(sh, S), sky)):
+                if cell is None or len(store) >= n_dab:
+                    continue
+                cells = torch.zeros(grid)
+                cells[cell] = 1
+                sl = around(cell, grid, size)
+                gain = int((edit(zi, "door", cells, "draw", units[0])[sl] == D).sum()) - int((li[sl] == D).sum())
+                store.append(gain)
+                seeds[kind].append(sample)
+                bar.update(1)
+            if len(left) < n_tree and (li == T).sum() >= 16:
+                cells = (sh[T] > 0.1).float()
+                after = edit(zi, "tree", cells, "remove", units[1])
+                was = li == T
+                left.append(int((after[was] == T).sum()) / int(was.sum()))
+                gone = was & (after != T)
+                moved += int(gone.sum())
+                bg += int(torch.isin(after[gone], background).sum())
+                seeds["tree"].append(sample)
+                bar.update(1)
+            patch = _grass_patch(sh, G_) if len(drawn) < n_draw else None
+            if patch is not None:
+                cells = torch.zeros(grid)
+                cells[patch[0]:patch[0] + 2, patch[1]:patch[1] + 2] = 1
+                ch, cw = size // grid[0], size // grid[1]  # the patch grown by one cell
+                sl = (slice(max(0, patch[0] - 1) * ch, min(grid[0], patch[0] + 3) * ch),
+                      slice(max(0, patch[1] - 1) * cw, min(grid[1], patch[1] + 3) * cw))
+                gain = int((edit(zi, "tree", cells, "draw", units[2])[sl] == T).sum()) - int((li[sl] == T).sum())
+                drawn.append(gain)
+                seeds["grass"].append(sample)
+                bar.update(1)
+    bar.close()
+    rate = lambda v, t: float(np.mean(np.array(v) >= t)) if v else None  # noqa: E731
+    return {"layer": painter.layer, "seed": seed, "units": list(units),
+            "door_dab": {"wall_success": rate(wall, min_gain[0]), "sky_success": rate(sky, min_gain[0]),
+                         "wall_gain": wall, "sky_gain": sky, "min_gain": min_gain[0],
+                         "ranking": painter.ranking("door")},
+            "tree_stroke": {"left_median": float(np.median(left)) if left else None,
+                            "background_share": bg / moved if moved else None, "left": left,
+                            "ranking": painter.ranking("tree")},
+            "tree_draw_success": rate(drawn, min_gain[1]), "tree_draw_gain": drawn,
+            "tree_draw_min_gain": min_gain[1], "scenes": seeds}
+
+
 def save(result: dict, out_dir, stem: str):
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -165,9 +165,9 @@ def _building(rng, scene, base, scale, obj):
         add(Shape("poly", _rect(x0, top, x1, base), BUILDING, wall, BRICK if brick else PLASTER,
                   obj))
 
-    # The wall is split into 2-4 bays. The door stands in one bay at the wall's foot; windows
+    # The wall is split into 2-3 bays. The door stands in one bay at the wall's foot; windows
     # fill the other bays beside it and, where the wall is tall enough, a row above.
-    bays = int(np.clip(w // 0.16, 2, 4))
+    bays = int(np.clip(w // 0.2, 2, 3))
     bay = w / bays
     ww, wh = rng.uniform(*WINDOW_W), rng.uniform(*WINDOW_H)
     door = None

@@ -95,3 +95,29 @@ def test_stream_batches_and_resume_position():
     assert -1 <= x1.min() and x1.max() <= 1
     resumed = scenes.SceneStream(64, 4, start=4)
     assert (next(resumed)[0] == x2).all()
+
+
+def test_world_is_drawn_at_the_painting_layers_scale():
+    """The world issue's composition bars, on 300 scenes (cells are 8 px at 64 px)."""
+    s = scenes.world_stats(300)
+    door, window, tree = s["door"], s["window"], s["tree"]
+    assert door["median_box_px"][0] >= 6 and 1.5 <= door["median_box_cells"][1] <= 2.0
+    assert min(window["median_box_px"]) >= 4
+    assert door["presence"] >= 0.6
+    assert 0.2 <= s["building"]["fraction"] <= 0.4
+    assert tree["median_box_cells"][1] >= 1.5
+    assert s["sky"]["fraction"] <= 0.35
+    for c in ("cloud", "road", "roof", "dome"):
+        assert s[c]["presence"] > 0.1
+    with pytest.raises(ValueError, match="at least 1"):
+        scenes.world_stats(0)
+
+
+def test_buildings_hold_a_door_and_windows():
+    n = 0
+    for s in SEEDS:
+        for obj in layout(s).objects:
+            if obj["kind"] == "building" and obj["door"] is not None:
+                n += 1
+                assert 1 <= len(obj["windows"]) <= 6
+    assert n > 30
