@@ -16,8 +16,22 @@ def main(argv=None):
                    help="dissection directory of the model to paint with")
     p.add_argument("--layer", default=None, help="painting layer (default: the dissection's first)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--trust", action="store_true",
+                   help="let the dissection's model import path run (it is code: without this "
+                        "flag only registry ids and weights files are used)")
     a = p.parse_args(argv)
+    from ganpaint.checkpoint import CheckpointError
+    from ganpaint.labels import UnknownNameError
+    try:
+        serve(a)
+    except (UnknownNameError, CheckpointError, ValueError, FileNotFoundError) as e:
+        p.exit(2, f"{p.prog}: error: {e}\n")  # bad flags or files: one line, as the CLI
+    except KeyboardInterrupt:
+        return 130
+    return 0
 
+
+def serve(a):
     from pathlib import Path
 
     from ganpaint import registry
@@ -29,7 +43,9 @@ def main(argv=None):
     if not ddir.is_absolute() and not ddir.exists():
         ddir = root / ddir
     d = load_dissection(ddir)
-    g = registry.load_generator(a.model or d["model"], a.device, a.model_arg)
+    model = a.model or registry.spec_from_file(d.get("model"), "model", ddir / "dissection.json",
+                                               "--model", a.trust)
+    g = registry.load_generator(model, registry.device(a.device), a.model_arg)
     app = PaintApp(g, d, layer=a.layer)
     demo = build_demo(app, ddir / "experiments")
     demo.queue(default_concurrency_limit=2)
@@ -37,4 +53,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -35,16 +36,32 @@ def load(path, map_location="cpu"):
     if not path.exists():
         raise CheckpointError(f"{path}: file not found")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        raise CheckpointError(
-            f"{path}: refused to load: the file contains pickled Python objects or code, which "
-            f"ganpaint never executes (weights_only=True). Re-save it as a plain state dict "
-            f"(torch.save(model.state_dict(), ...)). Details: {str(e).splitlines()[0]}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise CheckpointError(
-            f"{path}: cannot read this file (truncated or corrupt?): {str(e).splitlines()[0]}"
-        ) from None
+        # weights_only refuses globals (classes, functions: the way pickles run code); any other
+        # unpickling failure is bytes that are no torch file at all
+        if "GLOBAL" in str(e):
+            raise CheckpointError(
+                f"{path}: refused to load: the file contains pickled Python objects or code, "
+                f"which ganpaint never executes (weights_only=True). Re-save it as a plain state "
+                f"dict (torch.save(model.state_dict(), ...)). Details: {_detail(e)}") from None
+        raise _unreadable(path, e) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as e:
+        raise _unreadable(path, e) from None
+
+
+def _unreadable(path, e) -> CheckpointError:
+    return CheckpointError(f"{path}: cannot read this file (not a torch file, truncated or "
+                           f"corrupt?): {_detail(e) or type(e).__name__}")
+
+
+def _detail(e) -> str:
+    """The informative line of torch.load's long message."""
+    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+    pick = [l for l in lines if "GLOBAL" in l or "Unsupported" in l or "invalid load key" in l]
+    return (pick or lines or [""])[0]
 
 
 def resume(path, parts: dict, device="cpu", log=print, optional=()) -> int:

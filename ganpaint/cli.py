@@ -6,9 +6,58 @@ import json
 import sys
 from pathlib import Path
 
+from .dissect import output_dir
 from .ranking import RANKINGS
 
 COMMANDS = {}
+
+
+def count(low):
+    """argparse type: a whole number ≥ `low` (sample counts, sizes, seeds: 0 or −3 would fail
+    deep inside, or silently do the wrong thing)."""
+    def parse(text):
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {v}")
+        return v
+    return parse
+
+
+def at_least(low):
+    """argparse type: a number ≥ `low`."""
+    def parse(text):
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not v >= low:  # also refuses nan
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {text}")
+        return v
+    return parse
+
+
+def share(high, closed=False):
+    """argparse type: a share in (0, high) — (0, high] if `closed`."""
+    def parse(text):
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not (0 < v <= high if closed else 0 < v < high):
+            raise argparse.ArgumentTypeError(
+                f"must be in (0, {high}{']' if closed else ')'}, got {text}")
+        return v
+    return parse
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage errors as one line (what is wrong, and where help is), exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def command(name, help):
@@ -30,31 +79,31 @@ def _train_args(p, name, steps):
     run_dir = "runs/gan" if name == "scenegan" else f"runs/{name}"
     p.add_argument("--out", default=run_dir, help="run directory (state for resuming)")
     p.add_argument("--export", default=f"models/{name}.pt", help="where the final weights go")
-    p.add_argument("--steps", type=int, default=steps)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--steps", type=count(1), default=steps)
+    p.add_argument("--batch-size", type=count(1), default=32)
     p.add_argument("--device", default=None)
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--threads", type=count(1), default=None, help="CPU threads (default: torch's)")
 
 
 @command("train-segmenter", "train the scene segmenter on rendered scenes (resumable)")
 def _train_segmenter(p):
     _train_args(p, "segmenter", 3000)
-    p.add_argument("--resolution", type=int, default=64)
-    p.add_argument("--width", type=int, default=24)
+    p.add_argument("--resolution", type=count(8), default=64)
+    p.add_argument("--width", type=count(1), default=24)
 
     def run(a):
         from .train_segmenter import train
         _threads(a)
-        train(a.out, a.export, a.steps, a.batch_size, a.resolution, a.width, device=a.device)
+        train(a.out, a.export, a.steps, a.batch_size, a.resolution, a.width, device=a.device and _device(a))
     return run
 
 
 @command("eval-segmenter", "score the segmenter on held-out renders")
 def _eval_segmenter(p):
     p.add_argument("--segmenter", default=None, help="weights file (default: the shipped one)")
-    p.add_argument("--samples", type=int, default=500)
-    p.add_argument("--seed", type=int, default=0, help="offset into the held-out seeds")
-    p.add_argument("--size", type=int, default=64, help="render resolution")
+    p.add_argument("--samples", type=count(1), default=500)
+    p.add_argument("--seed", type=count(0), default=0, help="offset into the held-out seeds")
+    p.add_argument("--size", type=count(8), default=64, help="render resolution")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
     def run(a):
@@ -73,8 +122,8 @@ def _eval_segmenter(p):
 @command("train-gan", "train the scene GAN on rendered scenes (resumable)")
 def _train_gan(p):
     _train_args(p, "scenegan", 20000)
-    p.add_argument("--lr-g", type=float, default=1e-3)
-    p.add_argument("--lr-d", type=float, default=4e-4)
+    p.add_argument("--lr-g", type=at_least(0.0), default=1e-3)
+    p.add_argument("--lr-d", type=at_least(0.0), default=4e-4)
     p.add_argument("--no-semantic-d", dest="semantic", action="store_false",
                    help="train against the pixel discriminator only (no frozen-segmenter one)")
     p.add_argument("--init", default=None,
@@ -83,7 +132,7 @@ def _train_gan(p):
     def run(a):
         from .scenegan import train
         _threads(a)
-        train(a.out, a.export, a.steps, a.batch_size, a.lr_g, a.lr_d, device=a.device,
+        train(a.out, a.export, a.steps, a.batch_size, a.lr_g, a.lr_d, device=a.device and _device(a),
               semantic=a.semantic, init=a.init)
     return run
 
@@ -100,8 +149,8 @@ def _model_args(p):
 
 
 def _device(a):
-    import torch
-    return a.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from .registry import device
+    return device(a.device)
 
 
 @command("eval-gan", "measure a scene generator against the quality bars (class balance, FD, dissection, causal effects)")
@@ -109,7 +158,7 @@ def _eval_gan(p):
     _model_args(p)
     p.add_argument("--dissection", default=None,
                    help="dissection directory of the model (default for scenes: models/dissection)")
-    p.add_argument("--samples", type=int, default=1000)
+    p.add_argument("--samples", type=count(1), default=1000)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--judge", default=None, help="scene classifier whose features give a second, "
                    "independent Fréchet distance (default: the shipped one)")
@@ -145,19 +194,19 @@ def _dissect(p):
     p.add_argument("--classifier", default=None,
                    help="dissect a classifier on the labelled probe set instead: scenes-cnn | package.module:function")
     p.add_argument("--layers", nargs="+", default=None, help="layer names (default: the model's painting layer)")
-    p.add_argument("--samples", type=int, default=2000)
+    p.add_argument("--samples", type=count(1), default=2000)
     p.add_argument("--out", required=True, help="dissection directory (a partial run there resumes)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--quantile", type=float, default=None,
+    p.add_argument("--seed", type=count(0), default=0)
+    p.add_argument("--batch-size", type=count(1), default=16)
+    p.add_argument("--quantile", type=share(0.5), default=None,
                    help="top quantile q of each unit's activation (default 0.01 for generators, "
                         "0.005 for classifiers as in Network Dissection)")
-    p.add_argument("--bins", type=int, default=1024, help="histogram bins per unit (accuracy vs memory)")
-    p.add_argument("--tail", type=float, default=None,
+    p.add_argument("--bins", type=count(8), default=1024, help="histogram bins per unit (accuracy vs memory)")
+    p.add_argument("--tail", type=share(1, closed=True), default=None,
                    help="share of each unit's top activations histogrammed (default 5·q, at most 0.5); "
                         "1.0 also finds each unit's best threshold per concept over its whole range "
                         "(2018 GAN Dissection style; counting is slower)")
-    p.add_argument("--seg-size", type=int, default=None, help="label map resolution (default: image size)")
+    p.add_argument("--seg-size", type=count(1), default=None, help="label map resolution (default: image size)")
     p.add_argument("--no-report", action="store_true", help="skip report.html and its images")
 
     def run(a):
@@ -192,7 +241,7 @@ def _rank(p):
     p.add_argument("--dissection", required=True, help="dissection directory")
     p.add_argument("--layer", default=None, help="layer (default: the first dissected one)")
     p.add_argument("--concept", default=None)
-    p.add_argument("--top", type=int, default=20)
+    p.add_argument("--top", type=count(1), default=20)
     p.add_argument("--by", default="iou", choices=RANKINGS,
                    help="IoU, or a causal ranking learned by `rank-causal` (local: with --local)")
     p.add_argument("--list", action="store_true", help="list concepts and their detector counts")
@@ -226,13 +275,13 @@ def _rank(p):
 def _rank_causal(p):
     _model_flags(p)
     p.add_argument("--concepts", nargs="+", required=True)
-    p.add_argument("--samples", type=int, default=256, help="latents the coefficients are learned on")
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--penalty", type=float, default=0.01, help="L1 weight on the coefficients (sparsity)")
+    p.add_argument("--samples", type=count(1), default=256, help="latents the coefficients are learned on")
+    p.add_argument("--steps", type=count(1), default=300)
+    p.add_argument("--batch-size", type=count(1), default=16)
+    p.add_argument("--penalty", type=at_least(0.0), default=0.01, help="L1 weight on the coefficients (sparsity)")
     p.add_argument("--local", action="store_true",
                    help="learn the ranking painting uses: ablate and count only where the concept is")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=count(1), default=None)
 
     def run(a):
         from . import causal
@@ -251,10 +300,24 @@ def _painter(a):
     from .intervene import Painter
     d = load_dissection(a.dissection)
     dev = _device(a)
-    model = a.model or d["model"]
+    if d.get("kind") == "classifier":
+        raise ValueError(f"{a.dissection} is a classifier's dissection: this command needs a "
+                         f"generator's (`ganpaint dissect --model ...`)")
+    source = Path(a.dissection) / "dissection.json"
+    model = a.model or registry.spec_from_file(d.get("model"), "model", source, "--model", a.trust)
+    seg = a.segmenter or registry.spec_from_file(d.get("segmenter", "scenes"), "segmenter", source,
+                                                 "--segmenter", a.trust)
     g = registry.load_generator(model, dev, a.model_arg)
-    seg = registry.load_segmenter(a.segmenter or d.get("segmenter", "scenes"), dev, a.segmenter_arg)
-    return Painter(g, d, a.layer), seg
+    return Painter(g, d, a.layer), registry.load_segmenter(seg, dev, a.segmenter_arg)
+
+
+def _within(flag, values, painter, low):
+    """Unit counts must fit the painting layer (more than it has would be silently capped)."""
+    n = painter.dissection["layers"][painter.layer]["units"]
+    bad = [v for v in values if not low <= v <= n]
+    if bad:
+        raise ValueError(f"{flag} {bad[0]}: layer {painter.layer} has {n} units, so it must be "
+                         f"in {low}..{n}")
 
 
 def _model_flags(p):
@@ -265,14 +328,17 @@ def _model_flags(p):
     p.add_argument("--segmenter-arg", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--layer", default=None, help="layer (default: the first dissected one)")
     p.add_argument("--device", default=None)
+    p.add_argument("--trust", action="store_true",
+                   help="let the dissection's model/segmenter import paths run (they are code: "
+                        "without this flag only registry ids and weights files are used)")
 
 
 def _experiment_args(p):
     _model_flags(p)
     p.add_argument("--concept", required=True)
-    p.add_argument("--samples", type=int, default=500)
-    p.add_argument("--seed", type=int, default=1, help="latent seed (the dissection uses 0)")
-    p.add_argument("--batch-size", type=int, default=25)
+    p.add_argument("--samples", type=count(1), default=500)
+    p.add_argument("--seed", type=count(0), default=1, help="latent seed (the dissection uses 0)")
+    p.add_argument("--batch-size", type=count(1), default=25)
     p.add_argument("--out", default=None, help="where JSON and PNG go (default: <dissection>/experiments)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -280,7 +346,7 @@ def _experiment_args(p):
 @command("ablate", "zero a concept's top-k units and measure how much of the concept goes away")
 def _ablate(p):
     _experiment_args(p)
-    p.add_argument("--k", type=int, nargs="+", default=[0, 1, 2, 4, 8, 12, 16, 20, 30])
+    p.add_argument("--k", type=count(0), nargs="+", default=[0, 1, 2, 4, 8, 12, 16, 20, 30])
     p.add_argument("--local", action="store_true",
                    help="ablate only at feature cells where the concept is, and measure there")
     p.add_argument("--ranking", default=None, choices=RANKINGS,
@@ -292,8 +358,8 @@ def _ablate(p):
         from . import experiments, plots
         from .labels import lookup
         painter, seg = _painter(a)
-        out = Path(a.out or Path(a.dissection) / "experiments")
-        out.mkdir(parents=True, exist_ok=True)
+        _within("--k", a.k, painter, 0)
+        out = output_dir(a.out or Path(a.dissection) / "experiments")
         stem = f"ablate_{seg.concepts[lookup(a.concept, seg.concepts)]}" + (
             "_local" if a.local else "") + (f"_{a.ranking}" if a.ranking else "")
         r = experiments.ablation(painter, seg, a.concept, a.k, a.samples, a.batch_size, a.seed,
@@ -316,8 +382,8 @@ def _ablate(p):
 @command("insert", "insert a concept's top units at random cells: what gets added, by context")
 def _insert(p):
     _experiment_args(p)
-    p.add_argument("--units", type=int, default=20)
-    p.add_argument("--cells-per-sample", type=int, default=4)
+    p.add_argument("--units", type=count(1), default=20)
+    p.add_argument("--cells-per-sample", type=count(1), default=4)
     p.add_argument("--quantile", default="0.005", choices=["0.01", "0.005"],
                    help="insert each unit at this top-quantile level")
 
@@ -325,7 +391,8 @@ def _insert(p):
         from pathlib import Path
         from . import experiments, plots
         painter, seg = _painter(a)
-        out = Path(a.out or Path(a.dissection) / "experiments")
+        _within("--units", [a.units], painter, 1)
+        out = output_dir(a.out or Path(a.dissection) / "experiments")
         r = experiments.insertion(painter, seg, a.concept, a.units, a.samples,
                                   a.cells_per_sample, a.batch_size, a.seed, a.quantile,
                                   progress=not a.json)
@@ -351,15 +418,15 @@ def _train_classifier(p):
     def run(a):
         from .classifier import train
         _threads(a)
-        train(a.out, a.export, a.steps, a.batch_size, device=a.device)
+        train(a.out, a.export, a.steps, a.batch_size, device=a.device and _device(a))
     return run
 
 
 def _classifier_args(p, samples):
     p.add_argument("--classifier", default="scenes-cnn", help="scenes-cnn | package.module:function")
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--samples", type=int, default=samples)
-    p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--samples", type=count(1), default=samples)
+    p.add_argument("--batch-size", type=count(1), default=50)
     p.add_argument("--out", required=True, help="directory for the JSON and PNG")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--device", default=None)
@@ -375,7 +442,7 @@ def _save(r, a, stem, groups, title, ylabel, **plot):
     from pathlib import Path
     from . import plots
     from .experiments import save
-    path = save(r, a.out, stem)  # creates a.out
+    path = save(r, output_dir(a.out), stem)
     plots.grouped_bars(groups, Path(a.out) / f"{stem}.png", title, ylabel, **plot)
     if a.json:
         print(json.dumps(r))
@@ -389,7 +456,7 @@ def _robustness(p):
     p.add_argument("--layers", nargs="+", default=["conv3", "conv4", "conv5"])
     p.add_argument("--perturbations", nargs="+", default=None,
                    help="noise:K rotate:DEG patches:N (default: the standard nine)")
-    p.add_argument("--quantile", type=float, default=0.005)
+    p.add_argument("--quantile", type=share(0.5), default=0.005)
 
     def run(a):
         from . import classifier_experiments as ce
@@ -407,9 +474,9 @@ def _robustness(p):
 def _axis(p):
     _classifier_args(p, 500)
     p.add_argument("--layer", default="conv5")
-    p.add_argument("--draws", type=int, default=5, help="random rotations")
+    p.add_argument("--draws", type=count(1), default=5, help="random rotations")
     p.add_argument("--concept", default="tree", help="concept for the PCA test")
-    p.add_argument("--quantile", type=float, default=0.005)
+    p.add_argument("--quantile", type=share(0.5), default=0.005)
 
     def run(a):
         from . import classifier_experiments as ce
@@ -436,9 +503,9 @@ def _importance(p):
     def run(a):
         from pathlib import Path
 
-        import numpy as np
         from . import classifier_experiments as ce
-        iou = np.load(Path(a.dissection) / "results.npz")[f"{a.layer}/iou"] if a.dissection else None
+        from .dissect import load_results
+        iou = load_results(a.dissection, a.layer)["iou"] if a.dissection else None
         r = ce.unit_importance(_classifier(a), a.classifier, a.layer, a.samples, None, a.batch_size, iou,
                                progress=not a.json)
         groups = {c: {"all units": row["balanced_accuracy"],
@@ -455,9 +522,9 @@ def _importance(p):
 @command("samples", "save a picture of generated scenes (and their segmentation), optionally next to renders")
 def _samples(p):
     _model_args(p)
-    p.add_argument("--n", type=int, default=8, help="images per row")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", type=int, default=128, help="pixels per image in the picture")
+    p.add_argument("--n", type=count(1), default=8, help="images per row")
+    p.add_argument("--seed", type=count(0), default=0)
+    p.add_argument("--size", type=count(8), default=128, help="pixels per image in the picture")
     p.add_argument("--renders", action="store_true", help="add a row of renders and their labels")
     p.add_argument("--out", required=True, help="PNG file")
 
@@ -467,6 +534,10 @@ def _samples(p):
         from . import registry
         from .labels import colorize
         from .scenes import render_batch, to_tensor_images, to_uint8_images
+        out = Path(a.out)
+        if out.is_dir():
+            raise ValueError(f"--out {out} is a folder: give a PNG file name")
+        output_dir(out.parent)
         g = registry.load_generator(a.model, _device(a), a.model_arg)
         seg = registry.load_segmenter(a.segmenter, _device(a), a.segmenter_arg)
         big = lambda imgs, nearest=False: np.concatenate([np.asarray(Image.fromarray(i).resize(
@@ -477,15 +548,15 @@ def _samples(p):
             rows += [big(imgs, True), big(colorize(labels), True)]
         x = g(g.latents(range(a.n), a.seed))
         rows += [big(to_uint8_images(x)), big(colorize(seg.segment(x).cpu().numpy()), True)]
-        Image.fromarray(np.concatenate(rows, 0)).save(a.out)
+        Image.fromarray(np.concatenate(rows, 0)).save(out)
         print(f"wrote {a.out}")
     return run
 
 
 @command("world-stats", "how big and how common each concept of the scene world is (pixel share, presence, box size in px and painting-layer cells)")
 def _world_stats(p):
-    p.add_argument("--samples", type=int, default=2000)
-    p.add_argument("--start", type=int, default=0, help="first seed")
+    p.add_argument("--samples", type=count(1), default=2000)
+    p.add_argument("--start", type=count(0), default=0, help="first seed")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
     def run(a):
@@ -516,7 +587,7 @@ def _models(p):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="ganpaint", description="GAN dissection and semantic painting.")
     sub = parser.add_subparsers(dest="command", metavar="command")
     sub.required = True
@@ -535,6 +606,10 @@ def main(argv=None):
     except (UnknownNameError, CheckpointError, ValueError, FileNotFoundError) as e:
         print(f"ganpaint {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:  # Ctrl-C: one line (a dissection says where it saved)
+        print(f"\nganpaint {args.command}: interrupted{': ' + str(e) if str(e) else ''}",
+              file=sys.stderr)
+        return 130
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()
     return 0

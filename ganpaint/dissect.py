@@ -13,6 +13,7 @@ import json
 import math
 import os
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -75,26 +76,157 @@ def _warm_values(act, size, cap=1 << 15):
 def dissect(source, layers, out_dir, samples=2000, quantile=None, batch_size=16, bins=1024,
             topk=8, save_seconds=60.0, progress=True, report=True, log=print, tail=None):
     """Dissect `layers`; writes dissection.json (+ results.npz, report.html) in `out_dir`.
-    `quantile` defaults to the source's (0.01 for generators, 0.005 for classifiers)."""
+    `quantile` defaults to the source's (0.01 for generators, 0.005 for classifiers).
+
+    One dissection at a time per folder (a lock file; the second is refused), and
+    dissection.json is written last: a folder with one holds complete results."""
     layers = list(layers)
     quantile = getattr(source, "quantile", 0.01) if quantile is None else quantile
+    for name, v in (("samples", samples), ("batch size", batch_size)):
+        if int(v) < 1:
+            raise ValueError(f"{name} must be at least 1, got {v}")
+    TailStats(1, 1, quantile, bins, topk, tail)  # checks quantile, tail and bins before any work
     source.check_layers(layers)
-    out_dir = Path(out_dir)
+    out_dir = output_dir(out_dir)
     dist, rank, world = _dist()
     settings = {**source.describe(), "layers": layers, "samples": int(samples),
                 "quantile": float(quantile), "batch_size": int(batch_size), "bins": int(bins),
                 "topk": int(topk), "tail": tail, "binning": BINNING}
     part = out_dir / "partial" / (f"state.rank{rank}of{world}.pt" if world > 1 else "state.pt")
+    lock, status = None, None
+    if rank == 0:
+        try:
+            lock = _Lock(out_dir / LOCK)
+        except ValueError as e:
+            status = ("error", str(e), None)
+    try:
+        state = _agree(status or _saved(part, settings, out_dir), dist, rank, log)
+        if state is None:
+            part.unlink(missing_ok=True)  # starting over: no stale state to pair with new ones
+        return _run(source, layers, out_dir, settings, part, state, samples, quantile,
+                    batch_size, bins, topk, tail, save_seconds, progress, report, log)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+LOCK = "dissect.lock"
+
+
+def output_dir(path) -> Path:
+    """`path` as an output folder, created if needed; clear errors for a file in the way."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"output folder {path} is an existing file: choose a folder path")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        above = next((p for p in path.parents if p.exists() and not p.is_dir()), path.parent)
+        raise ValueError(f"cannot create output folder {path}: {above} is a file") from None
+    except PermissionError:
+        raise ValueError(f"cannot create output folder {path}: permission denied") from None
+    return path
+
+
+class _Lock:
+    """A lock file held while a dissection writes into a folder, so that a second dissection
+    into the same folder is refused instead of mixing its files with the first's. A lock left
+    behind by a process that no longer runs (killed) is taken over."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                if holder is not None:
+                    raise ValueError(f"another dissection (process {holder}) is writing to "
+                                     f"{path.parent}: wait for it to finish, or use another "
+                                     f"--out") from None
+                path.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{os.getpid()}\n")
+            return
+        raise ValueError(f"cannot take the lock {path}: delete it if no dissection is running")
+
+    def _holder(self):
+        """The pid holding the lock if that process still runs, else None."""
+        try:
+            pid = int(self.path.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None  # being written, or garbage: treated as stale
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass  # another user's process: alive
+        return pid
+
+    def release(self):
+        self.path.unlink(missing_ok=True)
+
+
+def _saved(part, settings, out_dir):
+    """This rank's saved state as ("none" | "ok" | "error", message, state)."""
+    if not part.exists():
+        return ("none", None, None)
+    try:
+        state = checkpoint.load(part)
+        saved = state["settings"]
+    except (checkpoint.CheckpointError, KeyError, TypeError) as e:
+        return ("error", f"{part}: unreadable partial state ({e}): delete {part.parent} to "
+                         f"start over", None)
+    if saved != settings:
+        diff = {k: (saved.get(k), v) for k, v in settings.items() if saved.get(k) != v}
+        what = ("a finished dissection" if (out_dir / "dissection.json").exists()
+                else "a partial run")
+        return ("error", f"{out_dir} holds {what} with other settings {diff} (saved, "
+                         f"requested): use another --out, or delete {out_dir} to redo it", None)
+    return ("ok", None, state)
+
+
+def _agree(status, dist, rank, log):
+    """The state every rank starts from, decided by rank 0 from all ranks' saved states: each
+    rank resumes its own only if every rank has one; if some rank has none (it died before its
+    first save), all start over together, since resumed and fresh ranks would wait for each
+    other forever. One error (other settings, a lock, a bad file) stops every rank."""
+    statuses = [status]
+    if dist is not None:
+        statuses = [None] * dist.get_world_size() if rank == 0 else None
+        dist.gather_object(status, statuses, dst=0)
+    decision = [None]
+    if rank == 0:
+        errors = [s[1] for s in statuses if s[0] == "error"]
+        missing = [r for r, s in enumerate(statuses) if s[0] == "none"]
+        decision = [("error", errors[0]) if errors else ("fresh", missing) if missing
+                    else ("resume", None)]
+    if dist is not None:
+        dist.broadcast_object_list(decision, src=0)
+    kind, detail = decision[0]
+    if kind == "error":
+        raise ValueError(detail)
+    if kind == "fresh" and status[0] == "ok" and rank == 0:
+        log(f"rank(s) {detail} have no saved state: all ranks start over")
+    return status[2] if kind == "resume" else None
+
+
+def _check_finite(acts, idx):
+    for name, a in acts.items():
+        if not torch.isfinite(a).all():
+            raise ValueError(f"layer {name} has NaN or infinite activations (samples "
+                             f"{idx[0]}–{idx[-1]}): check the model's weights")
+
+
+def _run(source, layers, out_dir, settings, part, state, samples, quantile, batch_size, bins,
+         topk, tail, save_seconds, progress, report, log):
+    dist, rank, world = _dist()
     n_batches = math.ceil(samples / batch_size)
     mine = [b for b in range(n_batches) if b % world == rank]
     stats, done = None, set()
-    if part.exists():
-        state = checkpoint.load(part)
-        if state["settings"] != settings:
-            diff = {k: (state["settings"].get(k), v) for k, v in settings.items()
-                    if state["settings"].get(k) != v}
-            raise ValueError(f"{out_dir} holds a partial run with other settings {diff} "
-                             f"(saved, requested): use another --out, or delete {part.parent}")
+    if state is not None:
         stats = {k: TailStats.from_state_dict(v) for k, v in state["stats"].items()}
         done = set(state["done"])
         log(f"resuming {out_dir}: {len(done)} of {len(mine)} batches already done")
@@ -121,6 +253,7 @@ def dissect(source, layers, out_dir, samples=2000, quantile=None, batch_size=16,
                 acts, labels = warm
             else:
                 acts, labels, _ = source.batch(idx, layers)
+                _check_finite(acts, idx)
             for name in layers:
                 a = acts[name]
                 stats[name].update_top(a.amax((2, 3)), torch.tensor(idx))
@@ -130,16 +263,17 @@ def dissect(source, layers, out_dir, samples=2000, quantile=None, batch_size=16,
             if time.monotonic() - saved[0] >= save_seconds:
                 save()
     except KeyboardInterrupt:
+        bar.close()
+        if stats is None:
+            raise KeyboardInterrupt("interrupted before the first batch: nothing to save") from None
         save()
-        log(f"\ninterrupted: progress saved in {part}; run the same command to resume")
-        raise
+        raise KeyboardInterrupt(f"progress saved in {part}: run the same command to resume") from None
     bar.close()
     save()
     if dist is not None:
         _reduce(stats, dist, world)
     if rank == 0:
-        result = write_results(out_dir, settings, concepts, stats, source, report, log)
-        return result
+        return write_results(out_dir, settings, concepts, stats, source, report, log)
     return None
 
 
@@ -151,6 +285,7 @@ def _start(source, layers, concepts, quantile, bins, topk, batch_size, samples, 
     if rank == 0:
         idx = list(range(min(samples, batch_size)))
         acts, labels, _ = source.batch(idx, layers)
+        _check_finite(acts, idx)
         size = labels.shape[-1]
     for name in layers:
         if rank == 0:
@@ -263,13 +398,16 @@ def _no_gc():
 
 
 def write_results(out_dir, settings, concepts, stats, source=None, report=True, log=print):
+    """results.npz, the report, then dissection.json last: each written under a temporary name
+    and renamed, so a folder with a dissection.json holds complete results (a run killed
+    before it resumes, with nothing left to count, and writes them again)."""
     with _no_gc():
         out, arrays = summarize(settings, concepts, stats)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / "dissection.json.tmp"
-    tmp.write_text(json.dumps(out))  # no indent: the C encoder, 5× faster
-    os.replace(tmp, out_dir / "dissection.json")
-    np.savez_compressed(out_dir / "results.npz", **arrays)
+    tmp = out_dir / "results.npz.tmp"
+    with open(tmp, "wb") as f:
+        np.savez_compressed(f, **arrays)
+    os.replace(tmp, out_dir / "results.npz")
     for name in settings["layers"]:
         lay = out["layers"][name]
         log(f"{name}: {lay['units']} units, detectors {lay['detectors']}, "
@@ -277,23 +415,100 @@ def write_results(out_dir, settings, concepts, stats, source=None, report=True, 
     if report and source is not None:
         from .report import make_report
         make_report(out_dir, out, source, log=log)
+    tmp = out_dir / "dissection.json.tmp"
+    tmp.write_text(json.dumps(out))  # no indent: the C encoder, 5× faster
+    os.replace(tmp, out_dir / "dissection.json")
     return out
 
 
+def load_results(path, layer: str) -> dict:
+    """{iou, level, best_threshold_iou} arrays of one layer from a dissection's results.npz."""
+    f = Path(path) / "results.npz"
+    keys = ("iou", "level", "best_threshold_iou")
+    try:
+        with np.load(f) as z:
+            if f"{layer}/iou" not in z.files:
+                have = sorted({k.split("/")[0] for k in z.files})
+                raise ValueError(f"{f}: no results for layer {layer!r} (have: {', '.join(have) or 'none'})")
+            return {k: z[f"{layer}/{k}"] for k in keys if f"{layer}/{k}" in z.files}
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{f}: no results here (run `ganpaint dissect --out {path}`)") from None
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
+        if str(e).startswith(str(f)):
+            raise
+        raise ValueError(f"{f}: corrupt results file ({type(e).__name__}: {e}): re-run the "
+                         f"dissection into {path}") from None
+
+
 def load_dissection(path) -> dict:
-    """Read dissection.json from a dissection directory (or the file itself)."""
+    """Read dissection.json from a dissection directory (or the file itself), with its learned
+    rankings merged in. The file is data: its structure is checked here, so a damaged or
+    foreign file is named in one error instead of failing later deep inside painting."""
     path = Path(path)
     f = path / "dissection.json" if path.is_dir() else path
     if not f.exists():
         raise FileNotFoundError(f"{f}: no dissection here (run `ganpaint dissect --out {path}`)")
     try:
         d = json.loads(f.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{f}: corrupt dissection file: {e}") from None
+    _check_structure(d, f)
     from . import causal
     from .ranking import LEARNED
     for kind, key in LEARNED.items():
         for layer, learned in causal.load(f.parent, kind).items():
             if layer in d["layers"]:
                 d["layers"][layer][key] = learned
+    _check_rankings(d, f)
     return d
+
+
+def _need(ok, f, what):
+    if not ok:
+        raise ValueError(f"{f}: not a ganpaint dissection file: {what}")
+
+
+def _is_num(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_structure(d, f):
+    _need(isinstance(d, dict), f, f"holds a {type(d).__name__}, not an object")
+    concepts = d.get("concepts")
+    _need(isinstance(concepts, list) and concepts and all(isinstance(c, str) for c in concepts),
+          f, "'concepts' must be a list of names")
+    layers = d.get("layers")
+    _need(isinstance(layers, dict) and layers, f, "'layers' must map layer names to results")
+    for name, lay in layers.items():
+        at = f"layer {name!r}"
+        _need(isinstance(lay, dict), f, f"{at} is not an object")
+        units = lay.get("units")
+        _need(isinstance(units, int) and units >= 1, f, f"{at}: 'units' must be a positive count")
+        stats = lay.get("unit_stats")
+        _need(isinstance(stats, list) and len(stats) == units, f,
+              f"{at}: 'unit_stats' must list {units} units")
+        for u in stats:
+            _need(isinstance(u, dict) and _is_num(u.get("level"))
+                  and isinstance(u.get("levels", {}), dict)
+                  and all(_is_num(v) for v in u.get("levels", {}).values()), f,
+                  f"{at}: each unit needs a numeric 'level' and 'levels'")
+        _need(isinstance(lay.get("ranking"), dict), f, f"{at}: 'ranking' must be an object")
+        _need(isinstance(lay.get("detectors", {}), dict), f, f"{at}: 'detectors' must be an object")
+
+
+def _check_rankings(d, f):
+    """Every ranking (IoU and learned) lists units that exist."""
+    from .ranking import LEARNED
+    for name, lay in d["layers"].items():
+        n = lay["units"]
+        lists = [(c, r) for c, r in lay["ranking"].items()]
+        for key in LEARNED.values():
+            learned = lay.get(key, {})
+            _need(isinstance(learned, dict), f, f"layer {name!r}: {key} must be an object")
+            lists += [(c, v.get("ranking") if isinstance(v, dict) else None)
+                      for c, v in learned.items()]
+        for c, rows in lists:
+            _need(isinstance(rows, list) and all(
+                isinstance(r, dict) and isinstance(r.get("unit"), int) and 0 <= r["unit"] < n
+                for r in rows), f, f"layer {name!r}: the ranking of {c!r} must list units "
+                                   f"0..{n - 1}")

@@ -106,7 +106,15 @@ def normalise_state_dict(sd: dict) -> dict:
 
 def from_state_dict(sd: dict, source: str = "state dict") -> ProGAN:
     """Build a ProGAN whose shapes match `sd` and load it; mismatches name the first bad key."""
+    if not isinstance(sd, dict) or not all(isinstance(k, str) for k in sd):
+        what = "a dict with non-text keys" if isinstance(sd, dict) else f"a {type(sd).__name__}"
+        raise ValueError(f"{source}: holds {what}, not a ProGAN state dict (a dict of layer "
+                         f"names to tensors)")
     sd = normalise_state_dict(sd)
+    bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ValueError(f"{source}: key {bad[0]!r} holds a {type(sd[bad[0]]).__name__}, not a "
+                         f"tensor: not a ProGAN state dict")
     idx = sorted(int(m.group(1)) for k in sd if (m := re.match(r"^layer(\d+)\.conv\.weight$", k)))
     if not idx or idx != list(range(1, len(idx) + 1)):
         raise ValueError(f"{source}: no ProGAN layers found (expected keys layer1.conv.weight, "

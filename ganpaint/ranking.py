@@ -28,12 +28,14 @@ def rank_units(dissection: dict, concept: str, layer: str | None = None, top: in
     name = dissection["concepts"][lookup(concept, dissection["concepts"])]
     lay = dissection["layers"][layer]
     stats = lay["unit_stats"]
+    if int(top) < 0:  # a negative slice would drop the best units instead
+        raise ValueError(f"top must be at least 0 (units to list), got {top}")
     if by == "iou":
         rows = lay["ranking"].get(name, [])[:top]
     elif by in LEARNED:
         learned = lay.get(LEARNED[by], {})
         if name not in learned:
-            raise KeyError(f"no {by} causal ranking for {name!r} in layer {layer} (have: "
+            raise ValueError(f"no {by} causal ranking for {name!r} in layer {layer} (have: "
                            f"{', '.join(sorted(learned)) or 'none'}); run `ganpaint rank-causal "
                            f"--concepts {name}{' --local' if by == 'local' else ''}`")
         rows = learned[name]["ranking"][:top]
@@ -69,6 +71,6 @@ def concept_table(dissection: dict, layer: str | None = None) -> list[dict]:
     rows = []
     for c in dissection["concepts"]:
         r = lay["ranking"].get(c, [])
-        rows.append({"concept": c, "detectors": lay["detectors"].get(c, 0),
+        rows.append({"concept": c, "detectors": lay.get("detectors", {}).get(c, 0),
                      "best_iou": r[0]["iou"] if r else 0.0, "best_unit": r[0]["unit"] if r else -1})
     return sorted(rows, key=lambda r: (-r["detectors"], -r["best_iou"]))

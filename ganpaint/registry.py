@@ -3,13 +3,21 @@
 Generators: `scenes` (the shipped scene GAN), `progan:<path.pth>` (a GAN Dissection release
 checkpoint), or `package.module:function` returning an nn.Module (keyword arguments from
 `--model-arg key=value`). Segmenters: `scenes` (shipped U-Net), a `.pt` file written by
-ganpaint, or `package.module:function` returning a Segmenter. Import paths are imported, never
-evaluated; weights are loaded with weights_only=True.
+ganpaint, or `package.module:function` returning a Segmenter.
+
+What runs code: weights are loaded with weights_only=True (data only). An import path runs the
+function it names, so it is only used when the user typed it: a name read from a data file (a
+dissection's `model` or `segmenter`) is used only if it is a registry id or a weights file
+(`spec_from_file`). And an import path must name your own function or class that builds a model:
+standard-library and built-in callables (os:system, shutil:rmtree, ...) are refused before any
+call, and what the call returns must be a model of the right kind.
 """
 from __future__ import annotations
 
 import importlib
+import inspect
 import re
+import sys
 from pathlib import Path
 
 from .generator import Generator
@@ -49,11 +57,23 @@ def parse_args(pairs) -> dict:
     return out
 
 
+def _stdlib(module_name) -> bool:
+    return str(module_name or "builtins").split(".")[0] in sys.stdlib_module_names
+
+
 def import_function(path: str):
-    """`package.module:function` → the function (imported, never evaluated)."""
+    """`package.module:function` → the function (imported, never evaluated).
+
+    Only your own Python functions and classes qualify: a module or object from the standard
+    library, or a built-in (os:system, os:abort, shutil:rmtree, builtins:exec, also re-exported
+    under another module's name), is refused before anything is called."""
     if not _IMPORT_PATH.match(path or ""):
         raise ValueError(f"{path!r} is not an import path of the form package.module:function")
     mod_name, fn_name = path.split(":")
+    why = (f"{path}: an import path must name your own function that builds a model; "
+           f"refused to call %s")
+    if _stdlib(mod_name):
+        raise ValueError(why % f"something from Python's standard library ({mod_name})")
     try:
         module = importlib.import_module(mod_name)
     except ImportError as e:
@@ -61,7 +81,72 @@ def import_function(path: str):
     fn = getattr(module, fn_name, None)
     if not callable(fn):
         raise ValueError(f"{path}: module {mod_name!r} has no function {fn_name!r}")
+    if not (inspect.isfunction(fn) or inspect.isclass(fn)):
+        raise ValueError(why % f"a {type(fn).__name__} (not a Python function or class)")
+    if _stdlib(getattr(fn, "__module__", None)):
+        raise ValueError(why % f"something from Python's standard library ({fn.__module__})")
     return fn
+
+
+def spec_from_file(spec, what: str, source, flag: str, trust: bool = False) -> str:
+    """A generator or segmenter name read from a data file (`source`), safe to use: a registry
+    id or a weights file (loaded weights-only). An import path would run code that the file
+    chose, so it is refused unless `trust`; the user can pass it again with `flag`."""
+    if not isinstance(spec, str) or not spec:
+        raise ValueError(f"{source}: its {what} field must be a name, got {spec!r}")
+    if trust or not _runs_code(spec, what):
+        return spec
+    raise ValueError(f"{source} names the {what} {spec!r}, an import path: ganpaint never runs "
+                     f"code named by a data file. If you trust it, pass {flag} {spec} "
+                     f"(or --trust)")
+
+
+def _runs_code(spec: str, what: str) -> bool:
+    """Whether loading `spec` as a generator ("model") or segmenter would call an import path."""
+    if spec == "scenes" or (what == "model" and spec.startswith("progan:")):
+        return False
+    if what == "segmenter" and (spec.endswith(".pt") or Path(spec).exists()):
+        return False
+    return ":" in spec and not Path(spec).exists()
+
+
+def device(spec: str | None) -> str:
+    """A checked device name (default: cuda if available, else cpu): clear errors for a device
+    torch does not know or this machine does not have."""
+    import torch
+    if spec is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(spec)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"unknown device {spec!r} ({str(e).splitlines()[0]}): use cpu, cuda "
+                         f"or cuda:N") from None
+    if dev.type == "cpu":
+        return spec
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ValueError(f"device {spec!r}: CUDA is not available on this machine: use --device cpu")
+        if dev.index is not None and dev.index >= n:
+            raise ValueError(f"device {spec!r}: this machine has {n} CUDA device(s), cuda:0 … cuda:{n - 1}")
+        return spec
+    if dev.type == "mps" and torch.backends.mps.is_available():
+        return spec
+    raise ValueError(f"device {spec!r} is not available here: use cpu"
+                     + (" or cuda" if torch.cuda.is_available() else ""))
+
+
+def _call(spec, kwargs, what):
+    """Call the function an import path names; a generator or classifier must be an nn.Module."""
+    import torch.nn as nn
+    fn = import_function(spec)
+    try:
+        out = fn(**kwargs)
+    except TypeError as e:  # the wrong --model-arg names, mostly
+        raise ValueError(f"{spec}: calling it with {kwargs or 'no arguments'} failed: {e}") from None
+    if what != "segmenter" and not isinstance(out, nn.Module):
+        raise ValueError(f"{spec}: must return a torch nn.Module ({what}), got {type(out).__name__}")
+    return out
 
 
 def load_generator(spec: str = "scenes", device="cpu", model_args=None) -> Generator:
@@ -77,8 +162,7 @@ def load_generator(spec: str = "scenes", device="cpu", model_args=None) -> Gener
         return Generator(g, g.z_dim, spec, ["layer4", "layer5", "layer6", "layer7"], "layer4",
                          device)
     if ":" in spec and not Path(spec).exists():
-        fn = import_function(spec)
-        model = fn(**parse_args(model_args))
+        model = _call(spec, parse_args(model_args), "generator")
         z_dim = getattr(model, "z_dim", None) or getattr(model, "latent_size", None)
         if z_dim is None:
             raise ValueError(f"{spec}: the returned model must declare its latent size "
@@ -101,10 +185,7 @@ def load_classifier(spec: str = "scenes-cnn", device="cpu", model_args=None):
         from .classifier import load_classifier as load_cnn
         return load_cnn(device=device)
     if ":" in spec:
-        model = import_function(spec)(**parse_args(model_args))
-        if not callable(model):
-            raise ValueError(f"{spec}: the function must return an nn.Module")
-        return model
+        return _call(spec, parse_args(model_args), "classifier")
     raise ValueError(f"unknown classifier {spec!r}. Valid: " + "; ".join(
         f"{k} ({v})" for k, v in CLASSIFIERS.items()))
 
@@ -116,7 +197,7 @@ def load_segmenter(spec: str = "scenes", device="cpu", args=None):
     if spec.endswith(".pt") or Path(spec).exists():
         return load_unet(spec, device)
     if ":" in spec:
-        seg = import_function(spec)(**parse_args(args))
+        seg = _call(spec, parse_args(args), "segmenter")
         if not hasattr(seg, "concepts") or not hasattr(seg, "segment"):
             raise ValueError(f"{spec}: the returned object must have `concepts` and `segment()`")
         return seg

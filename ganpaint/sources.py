@@ -9,6 +9,24 @@ from __future__ import annotations
 import torch
 
 
+def check_labels(labels, n, size, concepts) -> torch.Tensor:
+    """A segmenter's output as (n, size, size) long labels in 0..concepts-1, or a clear error
+    (a segmenter is user code: a wrong type or shape would fail deep inside the counting)."""
+    what = "the segmenter's segment()"
+    if not isinstance(labels, torch.Tensor):
+        raise ValueError(f"{what} returned a {type(labels).__name__}: it must return a tensor "
+                         f"of labels ({n}, {size}, {size})")
+    if tuple(labels.shape) != (n, size, size):
+        raise ValueError(f"{what} returned shape {tuple(labels.shape)}: expected ({n}, {size}, {size})")
+    if labels.is_floating_point() or labels.is_complex():
+        raise ValueError(f"{what} returned {labels.dtype} values: labels must be integers")
+    labels = labels.long()
+    if labels.numel() and (labels.min() < 0 or labels.max() >= concepts):
+        raise ValueError(f"{what} returned labels {int(labels.min())}..{int(labels.max())}: "
+                         f"they must index its {concepts} concepts (0..{concepts - 1})")
+    return labels
+
+
 class GeneratorSource:
     quantile = 0.01  # default top quantile: GAN Dissection's
 
@@ -38,8 +56,12 @@ class GeneratorSource:
     def batch(self, indices, layers):
         """(activations {layer: (N, U, h, w)}, labels (N, S, S) long, images (N, 3, H, W))."""
         acts, images = self.activations(indices, layers, images=True)
-        labels = self.segmenter.segment(images, self.seg_size or images.shape[-1])
-        return acts, labels.long(), images
+        if not torch.isfinite(images).all():
+            raise ValueError(f"the generator drew NaN or infinite pixels (samples {indices[0]}–"
+                             f"{indices[-1]}): check the model's weights")
+        size = self.seg_size or images.shape[-1]
+        return acts, check_labels(self.segmenter.segment(images, size), len(indices), size,
+                                  len(self.concepts)), images
 
     def images(self, indices):
         return self.generator(self.generator.latents(indices, self.seed))

@@ -37,12 +37,15 @@ class TailStats:
                  topk: int = 8, tail: float | None = None):
         self.units, self.concepts, self.quantile, self.bins, self.topk = (
             int(units), int(concepts), float(quantile), int(bins), int(topk))
+        if not 0 < self.quantile < 0.5:
+            raise ValueError(f"quantile must be in (0, 0.5) (the top share of each unit's "
+                             f"activations, e.g. 0.01), got {quantile}")
         # share of the pixels (the top of each unit's range) that the histogram covers
         self.tail = min(0.5, 5 * self.quantile) if tail is None else float(tail)
         if self.bins < 8:
             raise ValueError(f"bins must be at least 8 (evenly spaced and log-spaced ones), got {self.bins}")
         if not 0 < self.tail <= 1 or self.tail < self.quantile:
-            raise ValueError(f"tail must be in [quantile, 1], got {self.tail}")
+            raise ValueError(f"tail must be in [quantile, 1] = [{self.quantile}, 1], got {self.tail}")
         self.edges = None  # (U, bins + 1) float64, strictly increasing per unit
         self.joint = torch.zeros(self.units * (self.bins + 1) * self.concepts, dtype=torch.int64)
         self.concept_pixels = torch.zeros(self.concepts, dtype=torch.int64)

@@ -93,7 +93,7 @@ def test_saved_rankings_are_merged_into_the_dissection(tmp_path, gen):
     (tmp_path / "dissection.json").write_text(json.dumps(d))
     from ganpaint.dissect import load_dissection
     assert best_ranking(load_dissection(tmp_path), "bright", "layer1") == "iou"
-    with pytest.raises(KeyError, match="rank-causal"):
+    with pytest.raises(ValueError, match="rank-causal"):
         rank_units(load_dissection(tmp_path), "bright", "layer1", by="causal")
     causal.learn_all(gen, SoftSegmenter(), d, tmp_path, ["bright"], samples=32, steps=100,
                      batch_size=8, progress=False, log=lambda *a: None)
@@ -103,7 +103,7 @@ def test_saved_rankings_are_merged_into_the_dissection(tmp_path, gen):
     assert rank_units(loaded, "bright", "layer1", 1, by="iou")[0]["unit"] == 2
     assert rank_units(loaded, "bright", "layer1", 2, by="causal")[0]["unit"] in (0, 1)
     assert best_ranking(loaded, "bright", "layer1", local=True) == "causal"  # the fallback
-    with pytest.raises(KeyError, match="--local"):
+    with pytest.raises(ValueError, match="--local"):
         rank_units(loaded, "bright", "layer1", by="local")
     causal.learn_all(gen, SoftSegmenter(), d, tmp_path, ["bright"], samples=32, steps=20,
                      batch_size=8, progress=False, log=lambda *a: None, local=True)
