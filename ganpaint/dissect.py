@@ -263,12 +263,12 @@ def _run(source, layers, out_dir, settings, part, state, samples, quantile, batc
             if time.monotonic() - saved[0] >= save_seconds:
                 save()
     except KeyboardInterrupt:
-        bar.close()
         if stats is None:
             raise KeyboardInterrupt("interrupted before the first batch: nothing to save") from None
         save()
         raise KeyboardInterrupt(f"progress saved in {part}: run the same command to resume") from None
-    bar.close()
+    finally:
+        bar.close()  # ends the bar's line, so a message after it starts on its own
     save()
     if dist is not None:
         _reduce(stats, dist, world)

@@ -35,7 +35,7 @@ def rank_units(dissection: dict, concept: str, layer: str | None = None, top: in
     elif by in LEARNED:
         learned = lay.get(LEARNED[by], {})
         if name not in learned:
-            raise ValueError(f"no {by} causal ranking for {name!r} in layer {layer} (have: "
+            raise ValueError(f"no {by} ranking for {name!r} in layer {layer} (have: "
                            f"{', '.join(sorted(learned)) or 'none'}); run `ganpaint rank-causal "
                            f"--concepts {name}{' --local' if by == 'local' else ''}`")
         rows = learned[name]["ranking"][:top]

@@ -118,9 +118,8 @@ def device(spec: str | None) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     try:
         dev = torch.device(spec)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(f"unknown device {spec!r} ({str(e).splitlines()[0]}): use cpu, cuda "
-                         f"or cuda:N") from None
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {spec!r}: use cpu, cuda or cuda:N") from None
     if dev.type == "cpu":
         return spec
     if dev.type == "cuda":

@@ -90,3 +90,38 @@ def context_generator():
     dense = torch.nn.Linear(4, 8 * 16)
     return torch.nn.Sequential(OrderedDict(
         layer1=torch.nn.Sequential(dense, _Unflatten(), torch.nn.ReLU()), output=_NearAndFar()))
+
+
+def nan_generator():
+    """The tiny generator with NaN weights in layer2: every later activation is NaN."""
+    g = tiny_generator()
+    with torch.no_grad():
+        g.layer2.conv.weight.fill_(float("nan"))
+    return g
+
+
+class _Interrupting(torch.nn.Module):
+    """Wraps a generator; its `after`+1-th forward pass raises KeyboardInterrupt (a Ctrl-C)."""
+
+    def __init__(self, inner, after):
+        super().__init__()
+        self.inner, self.after, self.calls, self.z_dim = inner, after, 0, inner.z_dim
+        self.preferred_layers = ["inner.layer3"]
+
+    def forward(self, z):
+        self.calls += 1
+        if self.calls > self.after:
+            raise KeyboardInterrupt
+        return self.inner(z)
+
+
+def interrupting_generator(after=2):
+    return _Interrupting(tiny_generator(), after)
+
+
+def list_segmenter():
+    """A segmenter whose segment() returns a list, not a tensor."""
+    class ListSegmenter(ToySegmenter):
+        def segment(self, images, size=None):
+            return super().segment(images, size).tolist()
+    return ListSegmenter()
