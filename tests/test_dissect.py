@@ -86,7 +86,7 @@ def test_partial_run_with_other_settings_is_refused(tmp_path):
         run(tmp_path / "d", quantile=0.005)
 
 
-def _cli(out, nproc=None):
+def _cli(out, nproc=None, timeout=300):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     args = ["-m", "ganpaint", "dissect", "--model", "tests.toy:tiny_generator", "--segmenter",
             "tests.toy:toy_segmenter", "--layers", "layer3", "layer4", "--samples", "80",
@@ -94,7 +94,7 @@ def _cli(out, nproc=None):
     if nproc:
         args = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] + args
     return subprocess.run([sys.executable] + args, env=env, cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=timeout)
 
 
 def test_torchrun_two_processes_equals_one(tmp_path):
@@ -109,6 +109,14 @@ def test_torchrun_two_processes_equals_one(tmp_path):
     b = json.loads((tmp_path / "two" / "dissection.json").read_text())
     assert a == b
     assert (tmp_path / "two" / "partial" / "state.rank1of2.pt").exists()
+    # rank 1 lost its state (it died before its first save): rank 0 must not resume alone
+    # while rank 1 starts over (they used to wait for each other forever); all start over
+    (tmp_path / "two" / "partial" / "state.rank1of2.pt").unlink()
+    (tmp_path / "two" / "dissection.json").unlink()
+    again = _cli(tmp_path / "two", nproc=2, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert "all ranks start over" in again.stdout + again.stderr
+    assert json.loads((tmp_path / "two" / "dissection.json").read_text()) == a
 
 
 def test_report_files(tmp_path):
