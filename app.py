@@ -36,7 +36,7 @@ def serve(a):
 
     from ganpaint import registry
     from ganpaint.dissect import load_dissection
-    from ganpaint.paintapp import CSS, PaintApp, build_demo
+    from ganpaint.paintapp import CSS, MAX_UPLOAD, PaintApp, build_demo
 
     root = Path(__file__).resolve().parent
     ddir = Path(a.dissection)
@@ -49,7 +49,8 @@ def serve(a):
     app = PaintApp(g, d, layer=a.layer)
     demo = build_demo(app, ddir / "experiments")
     demo.queue(default_concurrency_limit=2)
-    demo.launch(server_name=a.host, server_port=a.port, share=False, footer_links=[], css=CSS)
+    demo.launch(server_name=a.host, server_port=a.port, share=False, footer_links=[], css=CSS,
+                max_file_size=MAX_UPLOAD)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,12 @@ and no edit can leak from one session into another.
 """
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 import threading
+from collections import deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -33,6 +36,38 @@ CANVAS = 256
 # to the eye and to the pointer.
 CSS = "#canvas > .wrap { opacity: 0 !important; pointer-events: none !important; }"
 STRENGTHS = {"low (4 units)": 4, "medium (10 units)": 10, "high (20 units)": 20}
+# Limits on what a client can send: uploads (the editor's layers come as files) and the side of a
+# stroke layer (the canvas is CANVAS px; one 12000-px layer decoded to 2.65 GB). Images larger
+# than MAX_LAYER² pixels are refused by PIL while reading their header, before decoding.
+MAX_UPLOAD = "8mb"
+MAX_LAYER = 4096
+KEEP_FILES = 64  # download PNGs kept in out_dir; older ones are deleted (Gradio serves a copy)
+DELETE_CACHE = (900, 1800)  # Gradio's cached copies: every 15 min, drop those over 30 min old
+
+
+def guard(fn):
+    """A handler whose errors reach the user: Gradio shows only "Error" for an exception that is
+    not a gr.Error, with the message in the server log."""
+    import functools
+    import logging
+
+    import gradio as gr
+
+    from .checkpoint import CheckpointError
+    from .labels import UnknownNameError
+
+    @functools.wraps(fn)  # keeps the signature: Gradio injects gr.Progress by it
+    def run(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except (ValueError, UnknownNameError, CheckpointError) as e:
+            raise gr.Error(str(e)) from None
+        except Exception as e:  # a bug: the user still sees what happened
+            logging.getLogger("ganpaint").exception("handler %s failed", fn.__name__)
+            raise gr.Error(f"{type(e).__name__}: {e}") from None
+    return run
 
 
 @dataclass
@@ -52,6 +87,10 @@ class PaintApp:
         self.lock = threading.Lock()  # one generator call at a time across sessions
         self.out_dir = Path(out_dir or tempfile.mkdtemp(prefix="ganpaint-"))
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        if out_dir is None:  # ours: gone when the server stops
+            atexit.register(shutil.rmtree, self.out_dir, True)
+        self.files: deque = deque()  # download PNGs written, oldest first
+        self.files_lock = threading.Lock()
         table = concept_table(dissection, self.painter.layer)
         self.concepts = [r["concept"] for r in table if r["best_iou"] > 0]
         grid = dissection["layers"][self.painter.layer]
@@ -109,6 +148,10 @@ class PaintApp:
         fd, path = tempfile.mkstemp(prefix=f"scene{session.seed}_", suffix=".png", dir=self.out_dir)
         os.close(fd)
         Image.fromarray(view).save(path, compress_level=1)
+        with self.files_lock:  # Gradio copies the file into its cache: only recent ones are kept
+            self.files.append(path)
+            while len(self.files) > KEEP_FILES:
+                Path(self.files.popleft()).unlink(missing_ok=True)
         return path
 
     # -- handlers -----------------------------------------------------------------------------
@@ -138,6 +181,11 @@ class PaintApp:
         layers = [l for l in (editor.get("layers") or []) if l is not None]
         if not layers:
             return None
+        for l in layers:
+            h, w = np.shape(l)[:2]
+            if max(h, w) > MAX_LAYER:
+                raise ValueError(f"stroke layer of {w}×{h} px refused: at most "
+                                 f"{MAX_LAYER}×{MAX_LAYER} (the canvas is {CANVAS}×{CANVAS})")
         m = np.zeros(np.asarray(layers[0]).shape[:2], bool)
         for l in layers:
             a = np.asarray(l)
@@ -213,7 +261,8 @@ def build_demo(app: PaintApp, curves_dir: Path | None = None):
     import gradio as gr
     concepts = app.concepts
     default = "tree" if "tree" in concepts else concepts[0]
-    with gr.Blocks(title="ganpaint") as demo:
+    Image.MAX_IMAGE_PIXELS = MAX_LAYER * MAX_LAYER // 2  # PIL refuses twice this: > MAX_LAYER²
+    with gr.Blocks(title="ganpaint", delete_cache=DELETE_CACHE) as demo:
         session = gr.State(Session())
         gr.Markdown("# ganpaint — paint with the units of a GAN\n"
                     f"Model `{app.dissection['model']}`, layer `{app.painter.layer}` "
@@ -248,14 +297,14 @@ def build_demo(app: PaintApp, curves_dir: Path | None = None):
                                          interactive=False, height=256, elem_id="grid")
                     download = gr.File(label="download the edited scene", elem_id="download")
             outs = [editor, session, grid_view, download, status]
-            load_btn.click(app.new_scene, [seed, session], outs, concurrency_limit=2)
-            rand_btn.click(app.random_scene, [session], outs + [seed], concurrency_limit=2)
-            apply_btn.click(app.paint, [editor, session, concept, action, strength, boost], outs,
+            load_btn.click(guard(app.new_scene), [seed, session], outs, concurrency_limit=2)
+            rand_btn.click(guard(app.random_scene), [session], outs + [seed], concurrency_limit=2)
+            apply_btn.click(guard(app.paint), [editor, session, concept, action, strength, boost], outs,
                             concurrency_limit=2)
-            undo_btn.click(app.undo, [session], outs, concurrency_limit=2)
-            show_grid.change(app.show_grid, [show_grid, session], outs, concurrency_limit=2)
-            reset_btn.click(app.reset, [session], outs, concurrency_limit=2)
-            demo.load(app.new_scene, [seed, session], outs)
+            undo_btn.click(guard(app.undo), [session], outs, concurrency_limit=2)
+            show_grid.change(guard(app.show_grid), [show_grid, session], outs, concurrency_limit=2)
+            reset_btn.click(guard(app.reset), [session], outs, concurrency_limit=2)
+            demo.load(guard(app.new_scene), [seed, session], outs)
         with gr.Tab("Units"):
             with gr.Row():
                 u_concept = gr.Dropdown(concepts, value=default, label="concept")
@@ -271,8 +320,8 @@ def build_demo(app: PaintApp, curves_dir: Path | None = None):
             def show_units(c, progress=gr.Progress()):
                 progress(0.1, desc=f"drawing the top {c} units' best scenes")
                 return app.unit_gallery(c)
-            u_show.click(show_units, [u_concept], [gallery, u_table])
-            u_btn.click(app.unit_concepts, [u_unit], [u_best])
+            u_show.click(guard(show_units), [u_concept], [gallery, u_table])
+            u_btn.click(guard(app.unit_concepts), [u_unit], [u_best])
         with gr.Tab("Ablation"):
             with gr.Row():
                 a_concept = gr.Dropdown(concepts, value=default, label="concept")
@@ -288,5 +337,5 @@ def build_demo(app: PaintApp, curves_dir: Path | None = None):
                 before, after = app.ablate_view(c, k, s)
                 path = curves_dir / f"ablate_{c}.png" if curves_dir else None
                 return before, after, (str(path) if path and path.exists() else None)
-            a_btn.click(ablate, [a_concept, a_k, a_seed], [a_before, a_after, curve])
+            a_btn.click(guard(ablate), [a_concept, a_k, a_seed], [a_before, a_after, curve])
     return demo

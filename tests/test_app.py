@@ -89,3 +89,42 @@ def test_grid_toggle_draws_on_the_canvas_only_and_keeps_the_edit(app):
     assert s4.grid
     ed_off, s5, *_ = app.show_grid(False, s2)
     assert not s5.grid and np.array_equal(ed_off["background"], ed["background"])
+
+
+def test_handler_errors_reach_the_user(app):
+    """Every handler is guarded: an error is a gr.Error carrying the message (Gradio shows a bare
+    "Error" for other exceptions)."""
+    import gradio as gr
+    from ganpaint.paintapp import build_demo, guard
+    with pytest.raises(gr.Error, match="unit must be in 0..7"):
+        guard(app.unit_concepts)(999)
+    with pytest.raises(gr.Error, match="unknown concept 'unicorn'"):
+        guard(app.paint)({"layers": [stroke_layer(0, 8, 0, 8)]}, Session(), "unicorn", "draw",
+                         "low (4 units)", 1.0)
+    demo = build_demo(app)
+    fns = [f.fn for f in demo.fns.values()]
+    assert len(fns) >= 9 and all(getattr(f, "__wrapped__", None) for f in fns)
+    assert "new_scene" in {f.__name__ for f in fns}  # api names (/new_scene) unchanged
+
+
+def test_replies_leave_a_bounded_number_of_files(app, monkeypatch):
+    import ganpaint.paintapp as pa
+    from ganpaint.paintapp import build_demo
+    monkeypatch.setattr(pa, "KEEP_FILES", 3)
+    paths = [app.new_scene(i)[3] for i in range(7)]
+    left = sorted(str(p) for p in app.out_dir.glob("*.png"))
+    assert left == sorted(paths[-3:])  # the newest, still served; the rest deleted
+    assert build_demo(app).delete_cache == pa.DELETE_CACHE  # Gradio's own copies expire too
+
+
+def test_oversized_stroke_layers_are_refused(app, tmp_path, monkeypatch):
+    from ganpaint.paintapp import MAX_LAYER, build_demo
+    big = np.zeros((MAX_LAYER + 1, 8, 4), np.uint8)
+    with pytest.raises(ValueError, match=f"at most {MAX_LAYER}×{MAX_LAYER}"):
+        app.brush_mask({"layers": [big]})
+    # what Gradio decodes (with PIL) is refused from the header, before any pixel is decoded
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # restored after
+    build_demo(app)
+    Image.new("1", (MAX_LAYER + 8, MAX_LAYER + 8)).save(tmp_path / "huge.png")
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(tmp_path / "huge.png")

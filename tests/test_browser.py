@@ -323,3 +323,11 @@ def test_api_with_gradio_client(server):
     again = client.predict(7, api_name="/new_scene")
     img2 = np.asarray(Image.open(again[2] if isinstance(again[2], str) else again[2]["path"]))
     assert np.array_equal(img, img2)  # a seed gives the same scene
+
+
+def test_api_errors_carry_the_message(server):
+    """A handler's error reaches the client with its text (not a bare "Error")."""
+    from gradio_client import Client
+    client = Client(server, verbose=False)
+    with pytest.raises(Exception, match=r"unit must be in 0\.\.\d+"):
+        client.predict(100000, api_name="/unit_concepts")
