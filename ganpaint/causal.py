@@ -50,6 +50,9 @@ def learn(generator, segmenter, layer: str, concept: str, samples=256, steps=300
     """Learn α for one concept; returns the ranking (units by α, best first) and the share of
     the concept left during learning (`curve`). `local`: ablate and count only at the cells
     where the unedited scene has the concept."""
+    for what, v in (("samples", samples), ("steps", steps), ("batch size", batch_size)):
+        if int(v) < 1:
+            raise ValueError(f"{what} must be at least 1, got {v}")
     c = lookup(concept, segmenter.concepts)
     name = segmenter.concepts[c]
     z = generator.latents(range(samples), seed)

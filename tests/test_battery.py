@@ -246,3 +246,17 @@ def test_results_before_json_and_no_temporary_files(tmp_path, monkeypatch):
     assert order[-2:] == ["results.npz", "dissection.json"]
     assert not list(out.glob("*.tmp")) and not list(out.glob("partial/*.tmp"))
     assert np.load(out / "results.npz")["layer3/iou"].shape == (8, 4)
+
+
+def test_stdlib_callables_are_refused_also_when_re_exported(tmp_path, monkeypatch, capsys):
+    (tmp_path / "reexport.py").write_text("from os import system\nfrom shutil import rmtree\n"
+                                          "from subprocess import Popen\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    for name, args in [("system", ["--model-arg", f"command=touch {tmp_path}/PWNED"]),
+                       ("rmtree", ["--model-arg", f"path={victim}"]),
+                       ("Popen", ["--model-arg", f"args=touch {tmp_path}/PWNED"])]:
+        code, err = cli(capsys, ["dissect", "--model", f"reexport:{name}", *args, "--out", tmp_path / "o"])
+        assert code == 2 and "refused to call" in error_line(err), err
+    assert victim.exists() and not (tmp_path / "PWNED").exists()
