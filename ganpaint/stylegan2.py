@@ -463,7 +463,7 @@ def _unwrap(obj, source):
     elif isinstance(obj.get("g"), dict):
         sd = obj["g"]
         notes.append("no 'g_ema' in the checkpoint: loaded the training generator 'g'")
-    elif any(isinstance(k, str) and k.startswith("style.") for k in obj):
+    elif any(isinstance(k, str) and k.startswith(("style.", "module.style.")) for k in obj):
         sd = obj
     else:
         keys = [k for k in obj][:6]
