@@ -135,20 +135,22 @@ class _Lock:
 
     def __init__(self, path: Path):
         self.path = path
-        for _ in range(2):
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = self._holder()
-                if holder is not None:
-                    raise ValueError(f"another dissection (process {holder}) is writing to "
-                                     f"{path.parent}: wait for it to finish, or use another "
-                                     f"--out") from None
-                path.unlink(missing_ok=True)  # stale: its process is gone
-                continue
-            with os.fdopen(fd, "w") as f:
-                f.write(f"{os.getpid()}\n")
-            return
+        mine = path.with_name(f"{path.name}.{os.getpid()}")
+        mine.write_text(f"{os.getpid()}\n")
+        try:
+            for _ in range(2):
+                try:  # a hard link appears with its content at once: no half-written lock
+                    os.link(mine, path)
+                    return
+                except FileExistsError:
+                    holder = self._holder()
+                    if holder is not None:
+                        raise ValueError(f"another dissection (process {holder}) is writing to "
+                                         f"{path.parent}: wait for it to finish, or use another "
+                                         f"--out") from None
+                    path.unlink(missing_ok=True)  # stale: its process is gone
+        finally:
+            mine.unlink(missing_ok=True)
         raise ValueError(f"cannot take the lock {path}: delete it if no dissection is running")
 
     def _holder(self):
@@ -208,8 +210,8 @@ def _agree(status, dist, rank, log):
     kind, detail = decision[0]
     if kind == "error":
         raise ValueError(detail)
-    if kind == "fresh" and status[0] == "ok" and rank == 0:
-        log(f"rank(s) {detail} have no saved state: all ranks start over")
+    if kind == "fresh" and rank == 0 and len(detail) < len(statuses):
+        log(f"rank(s) {', '.join(map(str, detail))} have no saved state: all ranks start over")
     return status[2] if kind == "resume" else None
 
 
