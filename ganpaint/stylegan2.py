@@ -32,7 +32,8 @@ resolution to 8, 16, ...; `style_dim` = D):
 
 Layers (hookable, readable names; each outputs a plain (N, C, R, R) tensor after its activation):
 `b4.conv`, `b4.torgb`, `b8.conv0`, `b8.conv1`, `b8.torgb`, `b16.conv0`, ... `layers(model)`
-lists them with resolution and channels. The default painting layer is `b8.conv1` (8×8, the
+lists them with resolution and channels (a block `b{R}` outputs its last conv's features too;
+`mapping` and `*.modulation` output (N, D) vectors, not feature maps). The default painting layer is `b8.conv1` (8×8, the
 same position as the ProGAN adapter's `layer4`). `b{R}.torgb` outputs the running RGB image.
 
 No split forward passes: every layer needs w (and the next ToRGB the running image), so the
@@ -217,7 +218,7 @@ class ToRGB(nn.Module):
 
 
 class FirstBlock(nn.Module):
-    """4×4: constant input → `conv` → `torgb`."""
+    """4×4: constant input → `conv`; the model then runs `torgb`. Output: conv's features."""
 
     def __init__(self, channels, style_dim):
         super().__init__()
@@ -225,14 +226,13 @@ class FirstBlock(nn.Module):
         self.conv = StyledConv(channels, channels, style_dim, 4)
         self.torgb = ToRGB(channels, style_dim, 4, upsample_skip=False)
 
-    def forward(self, batch, ws, noises):
-        x = self.const.expand(batch, -1, -1, -1)
-        x = self.conv(x, ws[:, 0], noises[0])
-        return x, self.torgb(x, ws[:, 1])
+    def forward(self, batch, w, noise=None):
+        return self.conv(self.const.expand(batch, -1, -1, -1), w, noise)
 
 
 class Block(nn.Module):
-    """R×R (R ≥ 8): `conv0` (2× upsampling) → `conv1` → `torgb` (adds to the running image)."""
+    """R×R (R ≥ 8): `conv0` (2× upsampling) → `conv1`; the model then runs `torgb` (which adds
+    to the running image). Output: conv1's features, so hooking `b{R}` is hooking `b{R}.conv1`."""
 
     def __init__(self, cin, cout, style_dim, resolution):
         super().__init__()
@@ -240,11 +240,9 @@ class Block(nn.Module):
         self.conv1 = StyledConv(cout, cout, style_dim, resolution)
         self.torgb = ToRGB(cout, style_dim, resolution)
 
-    def forward(self, x, rgb, ws, noises):
-        """ws: the block's three w (conv0, conv1, torgb); noises: two (or None each)."""
-        x = self.conv0(x, ws[:, 0], noises[0])
-        x = self.conv1(x, ws[:, 1], noises[1])
-        return x, self.torgb(x, ws[:, 2], rgb)
+    def forward(self, x, ws, noises):
+        """ws: (N, 2, style_dim), the w of conv0 and conv1; noises: two (or None each)."""
+        return self.conv1(self.conv0(x, ws[:, 0], noises[0]), ws[:, 1], noises[1])
 
 
 NOISE_MODES = ("const", "zero", "latent")
@@ -343,10 +341,12 @@ class StyleGAN2(nn.Module):
             noise = [None] * n_layers
         elif isinstance(noise, str) and noise == "zero":
             noise = [w.new_zeros(()) for _ in range(n_layers)]
-        x, rgb = self.b4(w.shape[0], w, noise)
+        x = self.b4(w.shape[0], w[:, 0], noise[0])
+        rgb = self.b4.torgb(x, w[:, 1])
         for j, r in enumerate(self.block_resolutions):
-            i = 2 * j + 1
-            x, rgb = getattr(self, f"b{r}")(x, rgb, w[:, i:i + 3], noise[i:i + 2])
+            block, i = getattr(self, f"b{r}"), 2 * j + 1
+            x = block(x, w[:, i:i + 2], noise[i:i + 2])
+            rgb = block.torgb(x, w[:, i + 2], rgb)
         return rgb
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

@@ -246,6 +246,7 @@ def test_hooked_layers_have_expected_resolution(gen):
                       "b32.torgb": (3, 32, 32)}
     assert [d["name"] for d in sg.layers(gen.model)][:5] == \
         ["b4.conv", "b4.torgb", "b8.conv0", "b8.conv1", "b8.torgb"]
+    assert gen.layer_shapes(["b16"]) == {"b16": (12, 16, 16)}  # a block: its conv1's features
     assert not gen.can_split("b8.conv1")  # w flows beside the features: full hooked passes
     z = gen.latents([0, 1])
     images, out = gen.run(z, ["b8.conv1"])
