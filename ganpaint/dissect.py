@@ -1,7 +1,11 @@
 """Dissection: which concept each unit of a layer detects, in one pass over the samples.
 
 Per batch: the source gives activations and label maps; each unit's activation is upsampled
-bilinearly to the label resolution and counted into `TailStats`. Partial statistics are saved
+bilinearly to the label resolution and counted into `TailStats`. A unit's level is its top-q
+quantile over its raw activations (level_from="raw", the default: the published method) or over
+its upsampled map ("upsampled"); the upsampled map is thresholded at that level either way.
+A label the segmenter declares as "no label" (`ignore_index`, or a concept named "-") is
+counted as pixels but is never a concept: not scored, ranked, or listed. Partial statistics are saved
 every minute, so an interrupted run resumes where it stopped with the same result; under
 `torchrun` each rank takes every world-th batch and the counts are summed at the end.
 """
@@ -22,7 +26,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import checkpoint
-from .stats import BINNING, TailStats
+from .stats import BINNING, LEVEL_FROM, TailStats
 from .upsample import interp_matrix, upsampled  # noqa: F401  (upsampled: re-exported)
 
 DETECTOR_IOU = 0.04  # minimum IoU to call a unit a detector (GAN Dissection, Network Dissection)
@@ -73,10 +77,31 @@ def _warm_values(act, size, cap=1 << 15):
     return (ry @ act.float().transpose(0, 1) @ rx.T).reshape(units, -1)
 
 
+def _warm_raw(act, cap=1 << 15):
+    """(U, M ≤ cap) raw values of one batch on a grid of every step-th row and column."""
+    n, units, h, w = act.shape
+    step = max(1, math.ceil(math.sqrt(n * h * w / cap)))
+    return act[:, :, ::step, ::step].float().transpose(0, 1).reshape(units, -1)
+
+
+def ignored(source) -> list[int]:
+    """Label indices of `source` that mean "no label": a concept named "-", and the
+    segmenter's (or source's) `ignore_index`."""
+    concepts = list(source.concepts)
+    out = {i for i, c in enumerate(concepts) if c == "-"}
+    ix = getattr(source, "ignore_index", None)
+    if ix is not None and 0 <= ix < len(concepts):
+        out.add(int(ix))
+    return sorted(out)
+
+
 def dissect(source, layers, out_dir, samples=2000, quantile=None, batch_size=16, bins=1024,
-            topk=8, save_seconds=60.0, progress=True, report=True, log=print, tail=None):
+            topk=8, save_seconds=60.0, progress=True, report=True, log=print, tail=None,
+            level_from="raw"):
     """Dissect `layers`; writes dissection.json (+ results.npz, report.html) in `out_dir`.
-    `quantile` defaults to the source's (0.01 for generators, 0.005 for classifiers).
+    `quantile` defaults to the source's (0.01 for generators, 0.005 for classifiers);
+    `level_from`: "raw" (each unit's level is the top quantile of its raw activations, as in the
+    published method) or "upsampled" (of its upsampled map: masks cover exactly q of the pixels).
 
     One dissection at a time per folder (a lock file; the second is refused), and
     dissection.json is written last: a folder with one holds complete results."""
@@ -85,13 +110,13 @@ def dissect(source, layers, out_dir, samples=2000, quantile=None, batch_size=16,
     for name, v in (("samples", samples), ("batch size", batch_size)):
         if int(v) < 1:
             raise ValueError(f"{name} must be at least 1, got {v}")
-    TailStats(1, 1, quantile, bins, topk, tail)  # checks quantile, tail and bins before any work
+    TailStats(1, 1, quantile, bins, topk, tail, level_from)  # checks the settings before any work
     source.check_layers(layers)
     out_dir = output_dir(out_dir)
     dist, rank, world = _dist()
     settings = {**source.describe(), "layers": layers, "samples": int(samples),
                 "quantile": float(quantile), "batch_size": int(batch_size), "bins": int(bins),
-                "topk": int(topk), "tail": tail, "binning": BINNING}
+                "topk": int(topk), "tail": tail, "binning": BINNING, "level_from": level_from}
     part = out_dir / "partial" / (f"state.rank{rank}of{world}.pt" if world > 1 else "state.pt")
     lock, status = None, None
     if rank == 0:
@@ -104,7 +129,7 @@ def dissect(source, layers, out_dir, samples=2000, quantile=None, batch_size=16,
         if state is None:
             part.unlink(missing_ok=True)  # starting over: no stale state to pair with new ones
         return _run(source, layers, out_dir, settings, part, state, samples, quantile,
-                    batch_size, bins, topk, tail, save_seconds, progress, report, log)
+                    batch_size, bins, topk, tail, save_seconds, progress, report, log, level_from)
     finally:
         if lock is not None:
             lock.release()
@@ -223,7 +248,7 @@ def _check_finite(acts, idx):
 
 
 def _run(source, layers, out_dir, settings, part, state, samples, quantile, batch_size, bins,
-         topk, tail, save_seconds, progress, report, log):
+         topk, tail, save_seconds, progress, report, log, level_from="raw"):
     dist, rank, world = _dist()
     n_batches = math.ceil(samples / batch_size)
     mine = [b for b in range(n_batches) if b % world == rank]
@@ -248,7 +273,7 @@ def _run(source, layers, out_dir, settings, part, state, samples, quantile, batc
         warm = None
         if stats is None:
             stats, warm = _start(source, layers, concepts, quantile, bins, topk, batch_size,
-                                 samples, dist, rank, tail)
+                                 samples, dist, rank, tail, level_from)
         for b in todo:
             idx = list(range(b * batch_size, min(samples, (b + 1) * batch_size)))
             if b == 0 and warm is not None:  # batch 0 placed the bins: count it, don't rerun it
@@ -279,7 +304,8 @@ def _run(source, layers, out_dir, settings, part, state, samples, quantile, batc
     return None
 
 
-def _start(source, layers, concepts, quantile, bins, topk, batch_size, samples, dist, rank, tail):
+def _start(source, layers, concepts, quantile, bins, topk, batch_size, samples, dist, rank, tail,
+           level_from="raw"):
     """Place every layer's bins from the activations of batch 0 (rank 0 broadcasts them).
 
     Returns the statistics and, on rank 0, batch 0's (activations, labels) for counting."""
@@ -298,9 +324,10 @@ def _start(source, layers, concepts, quantile, bins, topk, batch_size, samples, 
             box = [units]
             dist.broadcast_object_list(box, src=0)
             units = box[0]
-        st = TailStats(units, len(concepts), quantile, bins, topk, tail)
+        st = TailStats(units, len(concepts), quantile, bins, topk, tail, level_from)
         if rank == 0:
-            st.init_edges(_warm_values(acts[name], size))
+            st.init_edges(_warm_values(acts[name], size),
+                          _warm_raw(acts[name]) if st.raw else None)
         else:
             st.edges = torch.zeros(units, bins + 1, dtype=torch.float64)
         if dist is not None:
@@ -319,12 +346,15 @@ def _reduce(stats, dist, world):
     dev = _comm_device(dist)
     for st in stats.values():
         st._flush()
-        counts = [st.joint, st.concept_pixels, torch.tensor([st.pixels], dtype=torch.int64)]
+        counts = [st.joint, st.concept_pixels, st.raw_joint,
+                  torch.tensor([st.pixels, st.raw_pixels], dtype=torch.int64)]
         for t in counts:
+            if not t.numel():
+                continue
             on = t.to(dev)
             dist.all_reduce(on)
             t.copy_(on.cpu())
-        st.pixels = int(counts[2].item())
+        st.pixels, st.raw_pixels = (int(v) for v in counts[3].tolist())
         low = st.raw_min.to(dev)
         dist.all_reduce(low, op=dist.ReduceOp.MIN)
         st.raw_min = low.cpu()
@@ -338,26 +368,37 @@ def _reduce(stats, dist, world):
             st._merge_top(v.cpu(), i.cpu())
 
 
-def summarize(settings, concepts, stats) -> dict:
-    """The dissection.json content: per unit its level, label and best IoUs; per concept a ranking."""
-    out = {**settings, "concepts": list(concepts), "detector_iou": DETECTOR_IOU, "layers": {}}
+def summarize(settings, concepts, stats, ignore=()) -> dict:
+    """The dissection.json content: per unit its level, label and best IoUs; per concept a ranking.
+
+    Labels in `ignore` ("no label") are left out of everything but the pixel counts: the
+    dissection's `concepts`, IoU tables and rankings list the other concepts only."""
+    ignore = sorted(set(int(i) for i in ignore))
+    keep = [c for c in range(len(concepts)) if c not in ignore]
+    names = [concepts[c] for c in keep]
+    out = {**settings, "concepts": names, "detector_iou": DETECTOR_IOU, "layers": {}}
+    out.setdefault("level_from", "upsampled")
+    if ignore:
+        out["ignored_labels"] = [concepts[c] for c in ignore]
     arrays = {}
     for name, st in stats.items():
         r = st.iou()
-        iou = r["iou"].numpy()
+        iou = r["iou"].numpy()[:, keep]
+        coverage = r["coverage"].numpy()
         levels = {str(q): st.level(q)[0].numpy() for q in LEVEL_QUANTILES}
         order = np.argsort(-iou, axis=1, kind="stable")
         level, exact, top = r["level"].tolist(), r["exact"].tolist(), st.top_index.tolist()
         units = []
         for u in range(st.units):  # Python lists here: indexing tensors per unit is slow
-            best = [[concepts[c], round(float(iou[u, c]), 5)] for c in order[u, :5]]
+            best = [[names[c], round(float(iou[u, c]), 5)] for c in order[u, :5]]
             units.append({
                 "unit": u, "level": round(level[u], 6),
                 "levels": {q: round(float(v[u]), 6) for q, v in levels.items()},
                 "label": best[0][0], "iou": best[0][1], "top": best,
-                "top_samples": top[u], "exact": exact[u]})
+                "top_samples": top[u], "exact": exact[u],
+                "coverage": round(float(coverage[u]), 6)})
         ranking = {}
-        for c, cname in enumerate(concepts):
+        for c, cname in enumerate(names):
             col = np.argsort(-iou[:, c], kind="stable")
             ranking[cname] = [{"unit": int(u), "iou": round(float(iou[u, c]), 5)}
                               for u in col if iou[u, c] > 0]
@@ -365,20 +406,27 @@ def summarize(settings, concepts, stats) -> dict:
         for unit in units:
             if unit["iou"] >= DETECTOR_IOU:
                 detectors[unit["label"]] = detectors.get(unit["label"], 0) + 1
+        pixels = st.concept_pixels.tolist()
         out["layers"][name] = {
             "units": st.units, "pixels": st.pixels,
-            "concept_pixel_fraction": {c: round(float(v) / max(st.pixels, 1), 6)
-                                       for c, v in zip(concepts, st.concept_pixels.tolist())},
+            "concept_pixel_fraction": {concepts[c]: round(float(pixels[c]) / max(st.pixels, 1), 6)
+                                       for c in keep},
             "max_rank_error": float(r["rank_error"].max()),
-            "max_iou_error": float(r["iou_error"].max()),
+            "max_iou_error": float(r["iou_error"][:, keep].max()) if keep else 0.0,
             "inexact_units": int((~r["exact"]).sum()),
+            "coverage": {"min": round(float(coverage.min()), 6),
+                         "mean": round(float(coverage.mean()), 6),
+                         "max": round(float(coverage.max()), 6)},
             "detectors": dict(sorted(detectors.items(), key=lambda kv: -kv[1])),
             "unit_stats": units, "ranking": ranking}
-        bt_iou, bt_level = (t.numpy() for t in st.best_threshold_iou())
+        if ignore:
+            out["layers"][name]["ignored_pixel_fraction"] = round(
+                sum(pixels[c] for c in ignore) / max(st.pixels, 1), 6)
+        bt_iou, bt_level = (t.numpy()[:, keep] for t in st.best_threshold_iou())
         out["layers"][name]["best_threshold_iou"] = {
             c: {"unit": int(bt_iou[:, i].argmax()), "iou": round(float(bt_iou[:, i].max()), 5),
                 "threshold": round(float(bt_level[bt_iou[:, i].argmax(), i]), 6)}
-            for i, c in enumerate(concepts)}
+            for i, c in enumerate(names)}
         out["layers"][name]["tail"] = st.tail
         arrays[f"{name}/best_threshold_iou"] = bt_iou.astype(np.float32)
         arrays[f"{name}/iou"] = iou.astype(np.float32)
@@ -399,12 +447,14 @@ def _no_gc():
             gc.enable()
 
 
-def write_results(out_dir, settings, concepts, stats, source=None, report=True, log=print):
+def write_results(out_dir, settings, concepts, stats, source=None, report=True, log=print,
+                  ignore=None):
     """results.npz, the report, then dissection.json last: each written under a temporary name
     and renamed, so a folder with a dissection.json holds complete results (a run killed
     before it resumes, with nothing left to count, and writes them again)."""
     with _no_gc():
-        out, arrays = summarize(settings, concepts, stats)
+        out, arrays = summarize(settings, concepts, stats,
+                                ignored(source) if ignore is None and source is not None else ignore or ())
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / "results.npz.tmp"
     with open(tmp, "wb") as f:
@@ -412,8 +462,10 @@ def write_results(out_dir, settings, concepts, stats, source=None, report=True, 
     os.replace(tmp, out_dir / "results.npz")
     for name in settings["layers"]:
         lay = out["layers"][name]
-        log(f"{name}: {lay['units']} units, detectors {lay['detectors']}, "
-            f"max rank error {lay['max_rank_error']:.5f}, max IoU error bound {lay['max_iou_error']:.4f}")
+        log(f"{name}: {lay['units']} units, detectors {lay['detectors']}, levels from the "
+            f"{out['level_from']} activations (masks cover {lay['coverage']['mean'] * 100:.2f} % "
+            f"of pixels on average), max rank error {lay['max_rank_error']:.5f}, max IoU error "
+            f"bound {lay['max_iou_error']:.4f}")
     if report and source is not None:
         from .report import make_report
         make_report(out_dir, out, source, log=log)
@@ -455,6 +507,10 @@ def load_dissection(path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{f}: corrupt dissection file: {e}") from None
     _check_structure(d, f)
+    # written before the choice existed: levels were read off the upsampled maps
+    d.setdefault("level_from", "upsampled")
+    _need(d["level_from"] in LEVEL_FROM, f, f"'level_from' must be one of {', '.join(LEVEL_FROM)}")
+    _need(isinstance(d.get("model_args", {}), dict), f, "'model_args' must be an object")
     from . import causal
     from .ranking import LEARNED
     for kind, key in LEARNED.items():

@@ -9,9 +9,11 @@ from __future__ import annotations
 import torch
 
 
-def check_labels(labels, n, size, concepts) -> torch.Tensor:
+def check_labels(labels, n, size, concepts, ignore_index=None) -> torch.Tensor:
     """A segmenter's output as (n, size, size) long labels in 0..concepts-1, or a clear error
-    (a segmenter is user code: a wrong type or shape would fail deep inside the counting)."""
+    (a segmenter is user code: a wrong type or shape would fail deep inside the counting).
+    An `ignore_index` outside 0..concepts-1 (255, -1, ...) becomes label `concepts`, which the
+    source lists as the concept "-"."""
     what = "the segmenter's segment()"
     if not isinstance(labels, torch.Tensor):
         raise ValueError(f"{what} returned a {type(labels).__name__}: it must return a tensor "
@@ -21,13 +23,35 @@ def check_labels(labels, n, size, concepts) -> torch.Tensor:
     if labels.is_floating_point() or labels.is_complex():
         raise ValueError(f"{what} returned {labels.dtype} values: labels must be integers")
     labels = labels.long()
+    if ignore_index is not None and not 0 <= ignore_index < concepts:
+        labels = torch.where(labels == ignore_index, concepts, labels)
+        concepts += 1
     if labels.numel() and (labels.min() < 0 or labels.max() >= concepts):
         raise ValueError(f"{what} returned labels {int(labels.min())}..{int(labels.max())}: "
                          f"they must index its {concepts} concepts (0..{concepts - 1})")
     return labels
 
 
+def ignore_index(segmenter):
+    """The segmenter's declared "no label" index (`ignore_index`), or None; checked."""
+    ix = getattr(segmenter, "ignore_index", None)
+    if ix is None:
+        return None
+    if isinstance(ix, bool) or not isinstance(ix, int):
+        raise ValueError(f"the segmenter's ignore_index must be a whole number (the label that "
+                         f"means 'no label') or None, got {ix!r}")
+    return int(ix)
+
+
+def with_ignore(concepts, ix):
+    """Concept names, with "-" appended for an ignore index outside them."""
+    concepts = list(concepts)
+    return concepts + ["-"] if ix is not None and not 0 <= ix < len(concepts) else concepts
+
+
 class GeneratorSource:
+    """Latents → generator → images → segmenter. Labels the segmenter declares as "no label"
+    (`ignore_index`, or a concept named "-") are counted as pixels but never scored."""
     quantile = 0.01  # default top quantile: GAN Dissection's
 
     def __init__(self, generator, segmenter, seed: int = 0, seg_size: int | None = None,
@@ -36,12 +60,20 @@ class GeneratorSource:
         self.seg_size, self.segmenter_id = seg_size, segmenter_id
 
     @property
+    def ignore_index(self):
+        ix = ignore_index(self.segmenter)
+        # outside the concepts it is appended to them as "-" (see check_labels)
+        return len(self.segmenter.concepts) if ix is not None and not 0 <= ix < len(
+            self.segmenter.concepts) else ix
+
+    @property
     def concepts(self):
-        return list(self.segmenter.concepts)
+        return with_ignore(self.segmenter.concepts, ignore_index(self.segmenter))
 
     def describe(self) -> dict:
-        return {"model": self.generator.name, "segmenter": self.segmenter_id, "seed": self.seed,
-                "kind": "generator"}
+        return {"model": self.generator.name,
+                "model_args": dict(getattr(self.generator, "model_args", None) or {}),
+                "segmenter": self.segmenter_id, "seed": self.seed, "kind": "generator"}
 
     def check_layers(self, layers):
         for name in layers:
@@ -61,7 +93,7 @@ class GeneratorSource:
                              f"{indices[-1]}): check the model's weights")
         size = self.seg_size or images.shape[-1]
         return acts, check_labels(self.segmenter.segment(images, size), len(indices), size,
-                                  len(self.concepts)), images
+                                  len(self.segmenter.concepts), ignore_index(self.segmenter)), images
 
     def images(self, indices):
         return self.generator(self.generator.latents(indices, self.seed))
@@ -77,13 +109,15 @@ class ProbeSource:
     quantile = 0.005  # default top quantile: Network Dissection's
 
     def __init__(self, model, name: str, size: int = 64, seed: int = 0, perturb=None,
-                 device="cpu", start=None):
+                 device="cpu", start=None, ignore_index=None):
         from .classifier import PROBE_SEED
         from .labels import CONCEPTS
         self.model, self.name, self.size, self.seed = model.to(device).eval(), name, size, int(seed)
         self.perturb, self.device = perturb, device
         self.start = PROBE_SEED if start is None else start
         self.concepts = list(CONCEPTS)
+        # a probe label that means "no label" (none in the scene world; see GeneratorSource)
+        self.ignore_index = ignore_index
 
     def describe(self) -> dict:
         return {"model": self.name, "segmenter": "probe labels", "seed": self.seed,

@@ -19,6 +19,14 @@ error of a level is at most its bin's share of all pixels, and the intersection 
 at most a fraction of one bin. Both bounds are computed and reported per unit. Memory: units ×
 (bins + 1) × concepts counts, whatever the number of samples. All counts are integers, so
 merging (resume, several processes) is exact.
+
+Where the level comes from (`level_from`): "upsampled" reads it off that histogram (each mask then
+covers exactly q of the upsampled pixels); "raw" (the published method: Network Dissection, GAN
+Dissection) reads it off a second histogram, on the same bins, of the unit's raw activations at
+the feature map's resolution (U × (bins + 1) counts; binning them costs little, there are S²/hw
+times fewer), and the counts of the upsampled map above that level are then read off the joint
+histogram, interpolated inside the bin the level falls in. The bound on the intersection is then
+the whole of that bin (its share of the pixels is tiny near the level, as above).
 """
 from __future__ import annotations
 
@@ -30,13 +38,17 @@ PER_OCTAVE = 12  # log-spaced bins above the evenly spaced ones
 REACH = 4  # the evenly spaced bins reach this many times the warm-up's floor-to-level distance
 BINNING = "even+log/2"  # recorded with a run: partial runs binned otherwise are not resumed
 ROW_CHUNK = 1 << 20  # upsampled values computed per pass over the live rows (stays in cache)
+LEVEL_FROM = ("raw", "upsampled")  # where a unit's top-quantile level is taken from
 
 
 class TailStats:
     def __init__(self, units: int, concepts: int, quantile: float = 0.01, bins: int = 1024,
-                 topk: int = 8, tail: float | None = None):
+                 topk: int = 8, tail: float | None = None, level_from: str = "upsampled"):
         self.units, self.concepts, self.quantile, self.bins, self.topk = (
             int(units), int(concepts), float(quantile), int(bins), int(topk))
+        if level_from not in LEVEL_FROM:
+            raise ValueError(f"level_from must be one of {', '.join(LEVEL_FROM)}, got {level_from!r}")
+        self.level_from = level_from
         if not 0 < self.quantile < 0.5:
             raise ValueError(f"quantile must be in (0, 0.5) (the top share of each unit's "
                              f"activations, e.g. 0.01), got {quantile}")
@@ -58,29 +70,50 @@ class TailStats:
         self.tie = torch.zeros(self.units, dtype=torch.bool)
         self.tie_value = torch.zeros(self.units, dtype=torch.float64)
         self.raw_min = torch.full((self.units,), float("inf"), dtype=torch.float64)
+        # level_from="raw": per-unit histogram of the raw activations (same bins) and their count
+        self.raw_joint = torch.zeros(self.units * (self.bins + 1) if self.raw else 0, dtype=torch.int64)
+        self.raw_pixels = 0
+
+    @property
+    def raw(self) -> bool:
+        return self.level_from == "raw"
 
     # -- bins ---------------------------------------------------------------------------
     def _main(self) -> int:
         return (3 * self.bins) // 4
 
-    def init_edges(self, values: torch.Tensor) -> None:
-        """Place the bins from warm-up values (U, M) of upsampled activations."""
+    def init_edges(self, values: torch.Tensor, raw: torch.Tensor | None = None) -> None:
+        """Place the bins from warm-up values (U, M) of upsampled activations (and, for
+        level_from="raw", raw ones (U, M'): the floor is then the lower of both floors and the
+        evenly spaced bins reach past the raw level, which is the one read)."""
         values = values.detach().to("cpu", torch.float32)
-        m = values.shape[1]
-        k = min(m, int(self.tail * (m - 1)) + 2)
-        top = values.topk(k, dim=1).values.double()  # descending: top[:, j] has j values above it
+        if self.raw and raw is None:
+            raise ValueError("level_from='raw' places its bins from raw warm-up values too")
 
-        def above(share):  # the value with `share` of the warm-up values above it, interpolated
-            pos = share * (m - 1)
-            j = min(int(pos), k - 1)
-            frac = pos - j
-            return top[:, j] * (1 - frac) + top[:, min(j + 1, k - 1)] * frac
+        def quantiles(v):
+            m = v.shape[1]
+            k = min(m, int(self.tail * (m - 1)) + 2)
+            top = v.topk(k, dim=1).values.double()  # descending: top[:, j] has j values above it
 
+            def above(share):  # the value with `share` of the warm-up values above it, interpolated
+                pos = share * (m - 1)
+                j = min(int(pos), k - 1)
+                frac = pos - j
+                return top[:, j] * (1 - frac) + top[:, min(j + 1, k - 1)] * frac
+            return above, top
+
+        above, top = quantiles(values)
         floor = above(self.tail).to(torch.float32)
+        low = values.min(1).values
+        if self.raw:
+            raw = raw.detach().to("cpu", torch.float32)
+            above, top = quantiles(raw)  # the level read is the raw one: span and top from it
+            floor = torch.minimum(floor, above(self.tail).to(torch.float32))
+            low = torch.minimum(low, raw.min(1).values)
         # A floor at the warm-up's minimum means a mass of ties there (ReLU zeros, mostly):
         # start just above it. Thresholds are strict (act > level), so pixels at the minimum
         # never count, and binning them would cost most of the time for such units.
-        at_min = floor <= values.min(1).values
+        at_min = floor <= low
         self.tie, self.tie_value = at_min, floor.to(torch.float64)
         floor = torch.where(at_min, torch.nextafter(floor, torch.tensor(float("inf"))), floor)
         # evenly spaced bins up to REACH × the distance to the warm-up's level (or, for a unit
@@ -110,6 +143,7 @@ class TailStats:
             # overflow: no bin of a unit holds more than the pixels counted since the last flush
             self._acc = torch.zeros(self.joint.shape, dtype=torch.int32, device=device)
             self._acc_cp = torch.zeros_like(self.concept_pixels, device=device)
+            self._acc_raw = torch.zeros(self.raw_joint.shape, dtype=torch.int32, device=device)
             self._pending = 0
             self._device = device
 
@@ -118,8 +152,10 @@ class TailStats:
         if getattr(self, "_pending", 0):
             self.joint += self._acc.cpu()
             self.concept_pixels += self._acc_cp.cpu()
+            self.raw_joint += self._acc_raw.cpu()
             self._acc.zero_()
             self._acc_cp.zero_()
+            self._acc_raw.zero_()
             self._pending = 0
 
     # -- accumulation ---------------------------------------------------------------------
@@ -141,7 +177,7 @@ class TailStats:
         s1, s2 = seg.shape[-2:]
         if self._pending + seg.numel() >= 2 ** 31:
             self._flush()
-        self._pending += seg.numel()
+        self._pending += max(seg.numel(), n * h * w)  # a bin's count grows by at most this
         seg = seg.to(dev, torch.uint8 if self.concepts <= 256 else torch.int32)
         i0, i1, w1 = (t.to(dev) for t in taps(h, s1))
         low = self._floor - 1e-6 * self._floor.abs()  # the floor, with slack for rounding
@@ -193,8 +229,26 @@ class TailStats:
             self._acc.index_add_(0, key, ones.expand(len(key)))
         self._acc_cp += torch.bincount(seg.reshape(-1).long(), minlength=self.concepts)
         self.pixels += int(seg.numel())
+        if self.raw:
+            self._count_raw(a)
         # bilinear upsampling never goes below the raw minimum
         self.raw_min = torch.minimum(self.raw_min, a.amin((0, 2, 3)).to("cpu", torch.float64))
+
+    def _count_raw(self, a):
+        """Bin the raw activations (N, U, h, w) per unit, on the same bins (level_from="raw")."""
+        n, units, h, w = a.shape
+        main = self._main()
+        v = a.transpose(0, 1).reshape(units, -1)
+        unit, pos = (v >= (self._floor - 1e-6 * self._floor.abs())[:, None]).nonzero(as_tuple=True)
+        t = (v[unit, pos] - self._floor[unit]) * self._gain32[unit]
+        keep = t >= 0  # the same test as the upsampled values'
+        unit, t = unit[keep], t[keep]
+        far = t >= main
+        t[far] = main + torch.log2(t[far] / main) * PER_OCTAVE
+        key = unit * (self.bins + 1) + t.clamp_(max=self.bins).long()
+        self._acc_raw.index_add_(0, key, torch.ones(1, dtype=self._acc_raw.dtype,
+                                                    device=a.device).expand(len(key)))
+        self.raw_pixels += n * h * w
 
     def update_top(self, peaks: torch.Tensor, indices: torch.Tensor) -> None:
         """Keep, per unit, the top-k samples by peak activation; ties go to the lower index."""
@@ -210,6 +264,8 @@ class TailStats:
         self.joint += other.joint
         self.concept_pixels += other.concept_pixels
         self.pixels += other.pixels
+        self.raw_joint += other.raw_joint
+        self.raw_pixels += other.raw_pixels
         self.raw_min = torch.minimum(self.raw_min, other.raw_min)
         self._merge_top(other.top_values, other.top_index)
 
@@ -230,15 +286,19 @@ class TailStats:
                 "bins": self.bins, "topk": self.topk, "tail": self.tail, "edges": self.edges, "joint": joint,
                 "concept_pixels": self.concept_pixels, "pixels": self.pixels,
                 "top_values": self.top_values, "top_index": self.top_index,
-                "tie": self.tie, "tie_value": self.tie_value, "raw_min": self.raw_min}
+                "tie": self.tie, "tie_value": self.tie_value, "raw_min": self.raw_min,
+                "level_from": self.level_from, "raw_joint": self.raw_joint,
+                "raw_pixels": self.raw_pixels}
 
     @classmethod
     def from_state_dict(cls, s: dict) -> "TailStats":
-        st = cls(s["units"], s["concepts"], s["quantile"], s["bins"], s["topk"], s.get("tail"))
+        st = cls(s["units"], s["concepts"], s["quantile"], s["bins"], s["topk"], s.get("tail"),
+                 s.get("level_from", "upsampled"))
         for k in ("edges", "joint", "concept_pixels", "pixels", "top_values", "top_index"):
             setattr(st, k, s[k])
         st.joint = st.joint.to(torch.int64)
-        for k in ("tie", "tie_value", "raw_min"):  # absent from files written before they existed
+        for k in ("tie", "tie_value", "raw_min", "raw_joint", "raw_pixels"):  # absent from files
+            # written before they existed
             if k in s:
                 setattr(st, k, s[k])
         return st
@@ -261,15 +321,34 @@ class TailStats:
             self._cum_at = self.pixels
         return self._cum_cache
 
+    def _raw_hist(self):
+        """Raw-activation counts per bin (U, B+1) and those at or above each edge (U, B+1)."""
+        self._flush()
+        h = self.raw_joint.view(self.units, self.bins + 1).to(torch.float64)
+        cs = h.cumsum(1)
+        return h, cs[:, -1:] - cs + h
+
+    def _top(self):
+        """Per unit, an upper bound of its values: the overflow bin's upper end."""
+        top = self.edges[:, -1]
+        if self.top_values.shape[1]:  # peaks of the raw maps (upsampling never exceeds them)
+            top = torch.maximum(top, self.top_values[:, 0].to(torch.float64))
+        return torch.cat([self.edges[:, 1:], top[:, None]], 1)
+
     def level(self, quantile: float | None = None):
-        """Per-unit activation level with a `quantile` share of pixels above it.
+        """Per-unit activation level with a `quantile` share of values above it: of the raw
+        activations (level_from="raw") or of the upsampled ones ("upsampled").
 
         Returns (level (U,), bin (U,), fraction of that bin above the level (U,), exact (U,) bool:
         False where the level fell below the histogram's floor and was clamped to it).
         """
         q = self.quantile if quantile is None else quantile
-        _, _, hist, above = self._cum()  # (U, B+1): counts in / ≥ edges[b]
-        target = q * self.pixels
+        if self.raw:
+            hist, above = self._raw_hist()
+            target = q * self.raw_pixels
+        else:
+            _, _, hist, above = self._cum()  # (U, B+1): counts in / ≥ edges[b]
+            target = q * self.pixels
         # the bin b where above[b+1] < target <= above[b]
         ok = above[:, 0] >= target
         b = (above >= target).sum(1).clamp(min=1) - 1
@@ -278,10 +357,7 @@ class TailStats:
         inbin = hist.gather(1, b[:, None])[:, 0]
         frac = torch.where(inbin > 0, need / inbin.clamp(min=1), torch.zeros_like(need)).clamp(0, 1)
         lo = self.edges.gather(1, b[:, None])[:, 0]
-        top = torch.maximum(self.edges[:, -1], self.top_values[:, 0].to(torch.float64)
-                            if self.top_values.shape[1] else self.edges[:, -1])
-        hi_edges = torch.cat([self.edges[:, 1:], top[:, None]], 1)
-        hi = hi_edges.gather(1, b[:, None])[:, 0]
+        hi = self._top().gather(1, b[:, None])[:, 0]
         level = hi - frac * (hi - lo)
         at_tie = ~ok & self.tie & (self.raw_min >= self.tie_value)  # the level is the tie itself
         level = torch.where(ok, level, torch.where(at_tie, self.tie_value, self.edges[:, 0]))
@@ -292,9 +368,12 @@ class TailStats:
         """IoU (U, C) of each unit's thresholded map with each concept, plus error bounds.
 
         Returns dict with iou (U, C), level (U,), exact (U,), rank_error (U,) (bound on the
-        level's rank error, as a share of all pixels) and iou_error (U, C) (bound on |IoU error|).
+        level's rank error, as a share of all values the level is read from), iou_error (U, C)
+        (bound on |IoU error|) and coverage (U,) (share of the upsampled pixels above the level).
         """
         q = self.quantile if quantile is None else quantile
+        if self.raw:
+            return self._iou_raw(q)
         level, b, frac, ok = self.level(q)
         joint, above, hist, _ = self._cum()  # (U, B+1, C), (U, B+1)
         above_next = torch.cat([above[:, 1:], torch.zeros_like(above[:, :1])], 1)
@@ -314,7 +393,49 @@ class TailStats:
         err = torch.maximum(iou_hi - iou, iou - iou_lo)
         rank_err = hist.gather(1, b[:, None])[:, 0] / max(self.pixels, 1)
         return {"iou": iou, "level": level, "exact": ok, "rank_error": rank_err,
-                "iou_error": err}
+                "iou_error": err, "coverage": act[:, 0] / max(self.pixels, 1)}
+
+    def _iou_raw(self, q):
+        """iou() for a level read from the raw activations: the upsampled pixels above it are
+        counted from the joint histogram; inside the bin the level falls in, the share above it
+        is taken as linear in the value, and the bounds allow any share (0 to all of the bin)."""
+        level, b, _, ok = self.level(q)
+        raw_hist, _ = self._raw_hist()
+        joint, above, hist, total = self._cum()  # (U, B+1, C), (U, B+1, C), (U, B+1), (U, B+1)
+        c = self.concepts
+        # the upsampled bin holding the level; below the floor (a tie at the minimum) all
+        # binned pixels are above it
+        below = level < self.edges[:, 0]
+        u = ((self.edges <= level[:, None]).sum(1) - 1).clamp(min=0)
+        lo, hi = self.edges.gather(1, u[:, None])[:, 0], self._top().gather(1, u[:, None])[:, 0]
+        share = ((hi - level) / (hi - lo).clamp(min=1e-300)).clamp(0, 1)
+        share = torch.where(below, torch.ones_like(share), share)
+        pick = lambda t: t.gather(1, u[:, None, None].expand(-1, 1, c))[:, 0]  # noqa: E731
+        inbin_c, inbin_t = pick(joint), hist.gather(1, u[:, None])[:, 0]
+        sure_c = pick(above) - inbin_c  # pixels in the bins above the level's
+        sure_t = total.gather(1, u[:, None])[:, 0] - inbin_t
+        exact_bin = below[:, None]  # then the whole bin is above: no uncertainty
+        sure_c = torch.where(exact_bin, sure_c + inbin_c, sure_c)
+        sure_t = torch.where(below, sure_t + inbin_t, sure_t)
+        inbin_c = torch.where(exact_bin, torch.zeros_like(inbin_c), inbin_c)
+        inbin_t = torch.where(below, torch.zeros_like(inbin_t), inbin_t)
+        share = torch.where(below, torch.zeros_like(share), share)
+        inter = sure_c + share[:, None] * inbin_c
+        act = sure_t + share * inbin_t
+        cp = self.concept_pixels.to(torch.float64)[None]
+        union = act[:, None] + cp - inter
+        iou = torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(inter))
+        # bounds: intersection I in [sure_c, sure_c + inbin_c]; the pixels above the level
+        # outside the concept, O = act − I, in [sure_t − sure_c, that + (inbin_t − inbin_c)];
+        # IoU = I / (C + O)
+        out_lo = sure_t[:, None] - sure_c
+        out_hi = out_lo + (inbin_t[:, None] - inbin_c)
+        iou_hi = (sure_c + inbin_c) / (cp + out_lo).clamp(min=1)
+        iou_lo = sure_c / (cp + out_hi).clamp(min=1)
+        err = torch.maximum(iou_hi - iou, iou - iou_lo).clamp(min=0)
+        rank_err = raw_hist.gather(1, b[:, None])[:, 0] / max(self.raw_pixels, 1)
+        return {"iou": iou, "level": level, "exact": ok, "rank_error": rank_err,
+                "iou_error": err, "coverage": act / max(self.pixels, 1)}
 
     def best_threshold_iou(self):
         """Per (unit, concept), the highest IoU over all thresholds at the bin edges (the

@@ -28,24 +28,43 @@ def run(out, src=None, **kw):
                    log=lambda *a: None, **kw)
 
 
-def test_matches_brute_force(tmp_path):
+@pytest.mark.parametrize("level_from", ["raw", "upsampled"])
+def test_matches_brute_force(tmp_path, level_from):
+    """Levels and IoUs against an exact computation over all samples. raw (the published
+    method): the level is the top quantile of the raw activations (8×8 here, all samples and
+    positions) and the bilinearly upsampled map is thresholded at it; upsampled: the quantile of
+    the upsampled map itself. Same error bounds for both."""
     q = 0.01
-    result = run(tmp_path / "d", samples=160, quantile=q)
+    result = run(tmp_path / "d", samples=160, quantile=q, level_from=level_from)
+    assert result["level_from"] == level_from
     src = source()
     acts, labels, _ = src.batch(list(range(160)), ["layer4"])
+    raw = acts["layer4"].transpose(0, 1).reshape(8, -1).double()
     a = upsampled(acts["layer4"], labels.shape[-1]).transpose(0, 1).reshape(8, -1).double()
+    # the engine's upsampling is F.interpolate's bilinear, align_corners=False
+    ref = torch.nn.functional.interpolate(acts["layer4"], size=labels.shape[-1], mode="bilinear",
+                                          align_corners=False)
+    assert torch.allclose(ref.transpose(0, 1).reshape(8, -1).double(), a, atol=1e-5)
     lab = labels.reshape(-1)
-    exact_level = torch.quantile(a, 1 - q, dim=1)
+    leveled = raw if level_from == "raw" else a  # the values the quantile is taken over
+    exact_level = torch.quantile(leveled, 1 - q, dim=1)
     lay = result["layers"]["layer4"]
     for u, st in enumerate(lay["unit_stats"]):
-        share = (a[u] > st["level"]).double().mean().item()
+        share = (leveled[u] > st["level"]).double().mean().item()
         assert abs(share - q) <= 0.001, (u, share)  # quantile rank error ≤ 0.1%
         above = a[u] > exact_level[u]
+        assert abs(st["coverage"] - above.double().mean().item()) <= 0.001
         for concept, iou in st["top"]:
             m = lab == src.concepts.index(concept)
             exact = ((above & m).sum() / (above | m).sum()).item()
             assert abs(exact - iou) <= 0.005, (u, concept, exact, iou)
     assert lay["max_rank_error"] <= 0.001
+    if level_from == "raw":  # raw levels sit higher: masks cover less than q of the pixels
+        assert lay["coverage"]["mean"] < q
+        assert all(st["level"] >= exact_level[u].item() - 0.05 * exact_level[u].abs().item()
+                   for u, st in enumerate(lay["unit_stats"]))
+    else:
+        assert lay["coverage"]["min"] == pytest.approx(q, abs=1e-4)
     # the ranking of a concept is sorted and agrees with the unit records
     for concept, ranking in lay["ranking"].items():
         ious = [r["iou"] for r in ranking]
@@ -161,7 +180,7 @@ def test_full_tail_best_threshold_iou_is_exact(tmp_path):
     so the best threshold found equals the brute-force best over those edges."""
     import numpy as np
     from ganpaint.stats import TailStats
-    result = run(tmp_path / "d", samples=64, tail=1.0)
+    result = run(tmp_path / "d", samples=64, tail=1.0, level_from="upsampled")
     src = source()
     acts, labels, _ = src.batch(list(range(64)), ["layer4"])
     a = upsampled(acts["layer4"], labels.shape[-1]).transpose(0, 1).reshape(8, -1)
