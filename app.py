@@ -10,8 +10,11 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: localhost only)")
     p.add_argument("--port", type=int, default=7860)
-    p.add_argument("--model", default=None, help="generator id (default: the dissection's model)")
-    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--model", default=None, help="generator: scenes | progan:<file> | "
+                   "stylegan2:<file> | package.module:function (default: the dissection's model)")
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="model argument (default: those the dissection recorded, e.g. a "
+                        "stylegan2 model's truncation and noise; these override them)")
     p.add_argument("--dissection", default="models/dissection",
                    help="dissection directory of the model to paint with")
     p.add_argument("--layer", default=None, help="painting layer (default: the dissection's first)")
@@ -43,9 +46,9 @@ def serve(a):
     if not ddir.is_absolute() and not ddir.exists():
         ddir = root / ddir
     d = load_dissection(ddir)
-    model = a.model or registry.spec_from_file(d.get("model"), "model", ddir / "dissection.json",
-                                               "--model", a.trust)
-    g = registry.load_generator(model, registry.device(a.device), a.model_arg)
+    # the dissection's model and model arguments (truncation, noise, ...) unless given here
+    g = registry.generator_from_dissection(d, ddir / "dissection.json", a.model, a.model_arg,
+                                           registry.device(a.device), a.trust)
     app = PaintApp(g, d, layer=a.layer)
     demo = build_demo(app, ddir / "experiments")
     demo.queue(default_concurrency_limit=2)

@@ -139,9 +139,11 @@ def _train_gan(p):
 
 def _model_args(p):
     p.add_argument("--model", default="scenes",
-                   help="scenes | progan:<file.pth> | package.module:function (see `ganpaint models`)")
+                   help="scenes | progan:<file.pth> | stylegan2:<file.pt> | package.module:function "
+                        "(see `ganpaint models`)")
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
-                   help="keyword argument for a package.module:function model (repeatable)")
+                   help="model argument (repeatable): for stylegan2:<file> truncation=0.7 and "
+                        "noise=const|zero|latent; for package.module:function its keyword arguments")
     p.add_argument("--segmenter", default="scenes",
                    help="scenes | <file>.pt | package.module:function")
     p.add_argument("--segmenter-arg", action="append", default=[], metavar="KEY=VALUE")
@@ -206,6 +208,12 @@ def _dissect(p):
                    help="share of each unit's top activations histogrammed (default 5·q, at most 0.5); "
                         "1.0 also finds each unit's best threshold per concept over its whole range "
                         "(2018 GAN Dissection style; counting is slower)")
+    p.add_argument("--level-from", choices=["raw", "upsampled"], default="raw",
+                   help="where each unit's top-quantile level comes from: raw (default, the "
+                        "published method: the unit's raw activations at the feature map's "
+                        "resolution, over all samples and positions; the bilinearly upsampled map "
+                        "is thresholded at it, so masks cover about, not exactly, q of the pixels) "
+                        "or upsampled (the quantile of the upsampled map: masks cover exactly q)")
     p.add_argument("--seg-size", type=count(1), default=None, help="label map resolution (default: image size)")
     p.add_argument("--no-report", action="store_true", help="skip report.html and its images")
 
@@ -233,7 +241,7 @@ def _dissect(a):
             raise ValueError("this model declares no preferred layer: pass --layers")
         src = GeneratorSource(g, seg, a.seed, a.seg_size, a.segmenter)
     dissect(src, layers, a.out, a.samples, a.quantile, a.batch_size, a.bins, report=not a.no_report,
-            tail=a.tail)
+            tail=a.tail, level_from=a.level_from)
 
 
 @command("rank", "rank the units of a dissected layer by IoU with a concept (or by causal effect)")
@@ -248,7 +256,7 @@ def _rank(p):
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     def run(a):
-        from .ranking import concept_table, rank_units
+        from .ranking import concept_table, definition, rank_units
         from .dissect import load_dissection
         d = load_dissection(a.dissection)
         if a.list or a.concept is None:
@@ -256,6 +264,7 @@ def _rank(p):
             if a.json:
                 print(json.dumps(rows))
                 return
+            print(definition(d, a.layer))
             print(f"{'concept':<12}{'detectors':>10}{'best IoU':>10}{'best unit':>10}")
             for r in rows:
                 print(f"{r['concept']:<12}{r['detectors']:>10}{r['best_iou']:>10.3f}{r['best_unit']:>10}")
@@ -264,6 +273,7 @@ def _rank(p):
         if a.json:
             print(json.dumps(rows))
             return
+        print(definition(d, a.layer))
         print(f"{'rank':>4} {'unit':>5} {'IoU':>7} {'level':>9}" + (f" {'alpha':>7}" if a.by != "iou" else ""))
         for r in rows:
             print(f"{r['rank']:>4} {r['unit']:>5} {r['iou']:>7.4f} {r['level']:>9.4g}"
@@ -307,7 +317,8 @@ def _painter(a):
     model = a.model or registry.spec_from_file(d.get("model"), "model", source, "--model", a.trust)
     seg = a.segmenter or registry.spec_from_file(d.get("segmenter", "scenes"), "segmenter", source,
                                                  "--segmenter", a.trust)
-    g = registry.load_generator(model, dev, a.model_arg)
+    # the dissection's model arguments (truncation, noise, ...) are reused unless overridden
+    g = registry.generator_from_dissection(d, source, model, a.model_arg, dev, a.trust)
     return Painter(g, d, a.layer), registry.load_segmenter(seg, dev, a.segmenter_arg)
 
 
@@ -322,8 +333,12 @@ def _within(flag, values, painter, low):
 
 def _model_flags(p):
     p.add_argument("--dissection", required=True, help="dissection directory")
-    p.add_argument("--model", default=None, help="generator (default: the dissection's)")
-    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--model", default=None,
+                   help="generator: scenes | progan:<file> | stylegan2:<file> | "
+                        "package.module:function (default: the dissection's)")
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="model argument (default: those the dissection recorded, e.g. "
+                        "truncation and noise of a stylegan2 model; these override them)")
     p.add_argument("--segmenter", default=None, help="segmenter (default: the dissection's)")
     p.add_argument("--segmenter-arg", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--layer", default=None, help="layer (default: the first dissected one)")
@@ -573,16 +588,43 @@ def _world_stats(p):
     return run
 
 
-@command("models", "list the model ids and segmenters ganpaint can load")
+@command("models", "list the model ids and segmenters ganpaint can load, and StyleGAN2's layers")
 def _models(p):
+    p.add_argument("--layers", default=None, metavar="MODEL",
+                   help="list the layers of this generator (e.g. stylegan2:<file.pt>) with their "
+                        "resolutions, and its default painting layer")
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE")
+
     def run(a):
-        from .registry import CLASSIFIERS, GENERATORS, SEGMENTERS
+        from . import stylegan2
+        from .registry import CLASSIFIERS, GENERATORS, SEGMENTERS, STYLEGAN2_ARGS, load_generator
+        if a.layers:
+            g = load_generator(a.layers, "cpu", a.model_arg)
+            if isinstance(g.model, stylegan2.StyleGAN2):
+                print(stylegan2.describe_layers(g.model))
+                return
+            names = g.preferred_layers or [n for n, _ in g.model.named_children()]
+            shapes = g.layer_shapes(names)
+            for n in names:
+                c, h, w = shapes[n]
+                mark = "  (default painting layer)" if n == g.paint_layer else ""
+                print(f"{n:<12} {h:>4}×{w:<4} {c:>4} ch{mark}")
+            return
         for title, table in (("generators (--model)", GENERATORS),
                              ("segmenters (--segmenter)", SEGMENTERS),
                              ("classifiers (--classifier)", CLASSIFIERS)):
             print(f"{title}:")
             for k, v in table.items():
                 print(f"  {k:<26} {v}")
+        print("\nstylegan2 model arguments (--model-arg KEY=VALUE):")
+        for k, v in STYLEGAN2_ARGS.items():
+            print(f"  {k:<26} {v}")
+        print("\nstylegan2 layers of a 256-px checkpoint, channel multiplier 2 (another "
+              "checkpoint's: ganpaint models --layers stylegan2:<file>):")
+        for row in stylegan2.layer_table(256, 2):
+            mark = "  (default painting layer)" if row["name"] == stylegan2.PAINT_LAYER else ""
+            r = row["resolution"]
+            print(f"  {row['name']:<12} {r:>4}×{r:<4} {row['channels']:>4} ch  {row['kind']}{mark}")
     return run
 
 

@@ -64,6 +64,23 @@ def top_units(dissection: dict, concept: str, layer: str | None = None, n: int =
     return [r["unit"] for r in rank_units(dissection, concept, layer, n, by)]
 
 
+def definition(dissection: dict, layer: str | None = None) -> str:
+    """One line saying how the dissection's numbers are defined (where levels come from)."""
+    layer = layer_of(dissection, layer)
+    q = dissection.get("quantile", 0.01)
+    how = dissection.get("level_from", "upsampled")
+    where = ("the top-q quantile of each unit's raw activations (feature-map resolution, all "
+             "samples and positions), upsampled maps thresholded at it"
+             if how == "raw" else "the top-q quantile of each unit's upsampled map (masks cover "
+             "exactly q)")
+    cov = dissection["layers"][layer].get("coverage")
+    cover = f"; masks cover {cov['mean'] * 100:.2f} % of pixels on average" if cov else ""
+    ignored = dissection.get("ignored_labels")
+    return (f"# {layer}: levels from the {how} activations, q = {q}: {where}{cover}; IoU over all "
+            f"samples' pixels, detector IoU ≥ {dissection.get('detector_iou', 0.04)}"
+            + (f"; ignored labels: {', '.join(ignored)}" if ignored else ""))
+
+
 def concept_table(dissection: dict, layer: str | None = None) -> list[dict]:
     """Per concept: number of detector units, best IoU and its unit; most detected first."""
     layer = layer_of(dissection, layer)

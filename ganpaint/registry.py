@@ -1,8 +1,11 @@
 """Where model ids are resolved, in one place.
 
 Generators: `scenes` (the shipped scene GAN), `progan:<path.pth>` (a GAN Dissection release
-checkpoint), or `package.module:function` returning an nn.Module (keyword arguments from
-`--model-arg key=value`). Segmenters: `scenes` (shipped U-Net), a `.pt` file written by
+checkpoint), `stylegan2:<path>` (a StyleGAN2 checkpoint in rosinality's stylegan2-pytorch format;
+`--model-arg truncation=0.7`, `noise=const|zero|latent`), or `package.module:function` returning
+an nn.Module (keyword arguments from `--model-arg key=value`). The model arguments a generator
+was loaded with are kept on it (`model_args`): a dissection records them, and commands that
+reload its generator (`generator_from_dissection`) reuse them. Segmenters: `scenes` (shipped U-Net), a `.pt` file written by
 ganpaint, or `package.module:function` returning a Segmenter.
 
 What runs code: weights are loaded with weights_only=True (data only). An import path runs the
@@ -25,6 +28,11 @@ from .generator import Generator
 GENERATORS = {
     "scenes": "the shipped scene GAN (64×64, painting layer layer4), models/scenegan.pt",
     "progan:<path>": "a ProGAN .pth state dict from the GAN Dissection release (LSUN 256 px)",
+    "stylegan2:<path>": "a StyleGAN2 checkpoint in rosinality's stylegan2-pytorch format (dict "
+                        "with g_ema, usually latent_avg; official weights after its conversion); "
+                        "resolution, latent size, mapping depth and channels read from the keys; "
+                        "--model-arg truncation=0.7, noise=const|zero|latent; painting layer "
+                        "b8.conv1 (8×8)",
     "package.module:function": "your own function returning an nn.Module, z → images in [-1, 1]",
 }
 SEGMENTERS = {
@@ -32,11 +40,20 @@ SEGMENTERS = {
     "<path>.pt": "a U-Net segmenter file written by ganpaint train-segmenter",
     "package.module:function": "your own function returning a Segmenter (concepts, segment())",
 }
+STYLEGAN2_ARGS = {
+    "truncation": "a number ≥ 0: w ← w_avg + truncation·(w − w_avg), with the checkpoint's "
+                  "latent_avg (1 or unset: none; 0.7 is usual)",
+    "noise": "const (the checkpoint's fixed noise images, default) | zero (no noise) | latent "
+             "(drawn per latent, from a seed taken from z)",
+}
 _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
 
 
 def parse_args(pairs) -> dict:
-    """`key=value` strings → dict; values parsed as int, float, true/false, or kept as text."""
+    """`key=value` strings → dict; values parsed as int, float, true/false, or kept as text.
+    A dict (model arguments recorded in a dissection) is returned as a copy."""
+    if isinstance(pairs, dict):
+        return dict(pairs)
     out = {}
     for pair in pairs or []:
         if "=" not in pair:
@@ -103,7 +120,7 @@ def spec_from_file(spec, what: str, source, flag: str, trust: bool = False) -> s
 
 def _runs_code(spec: str, what: str) -> bool:
     """Whether loading `spec` as a generator ("model") or segmenter would call an import path."""
-    if spec == "scenes" or (what == "model" and spec.startswith("progan:")):
+    if spec == "scenes" or (what == "model" and spec.startswith(("progan:", "stylegan2:"))):
         return False
     if what == "segmenter" and (spec.endswith(".pt") or Path(spec).exists()):
         return False
@@ -148,28 +165,87 @@ def _call(spec, kwargs, what):
     return out
 
 
+def _no_args(spec, args):
+    if args:
+        raise ValueError(f"{spec}: takes no --model-arg (got {', '.join(args)}); model arguments "
+                         f"are for stylegan2:<path> ({', '.join(STYLEGAN2_ARGS)}) and "
+                         f"package.module:function models")
+
+
+def stylegan2_args(spec, args: dict) -> dict:
+    """Checked --model-arg values for a StyleGAN2 checkpoint."""
+    bad = [k for k in args if k not in STYLEGAN2_ARGS]
+    if bad:
+        raise ValueError(f"{spec}: unknown --model-arg {bad[0]!r}. Valid: " + "; ".join(
+            f"{k}= ({v})" for k, v in STYLEGAN2_ARGS.items()))
+    from .stylegan2 import NOISE_MODES
+    if "noise" in args and args["noise"] not in NOISE_MODES:
+        raise ValueError(f"{spec}: --model-arg noise={args['noise']}: must be one of "
+                         f"{', '.join(NOISE_MODES)}")
+    t = args.get("truncation")
+    if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not t >= 0
+                          or t == float("inf")):
+        raise ValueError(f"{spec}: --model-arg truncation={t}: must be a number ≥ 0 (1 = none; "
+                         f"0.7 is usual)")
+    return args
+
+
 def load_generator(spec: str = "scenes", device="cpu", model_args=None) -> Generator:
+    """A generator by id; `model_args` are `key=value` strings (or a dict). The arguments used
+    are kept on it as `model_args` (recorded by a dissection)."""
+    args = parse_args(model_args)
+    if not isinstance(spec, str) or not spec:
+        raise ValueError(f"a model must be named, got {spec!r}")
     if spec == "scenes":
+        _no_args(spec, args)
         from .scenegan import PAINT_LAYER, load_generator as load_scenegan
         g = load_scenegan(device=device)
-        return Generator(g, g.z_dim, "scenes", ["layer4", "layer3", "layer5", "layer6"],
-                         PAINT_LAYER, device)
-    if spec.startswith("progan:"):
+        gen = Generator(g, g.z_dim, "scenes", ["layer4", "layer3", "layer5", "layer6"],
+                        PAINT_LAYER, device)
+    elif spec.startswith("progan:"):
+        _no_args(spec, args)
         from . import checkpoint, progan
         path = spec[len("progan:"):]
         g = progan.from_state_dict(checkpoint.load(path), source=path)
-        return Generator(g, g.z_dim, spec, ["layer4", "layer5", "layer6", "layer7"], "layer4",
-                         device)
-    if ":" in spec and not Path(spec).exists():
-        model = _call(spec, parse_args(model_args), "generator")
+        gen = Generator(g, g.z_dim, spec, ["layer4", "layer5", "layer6", "layer7"], "layer4",
+                        device)
+    elif spec.startswith("stylegan2:"):
+        from . import stylegan2
+        args = stylegan2_args(spec, args)
+        path = spec[len("stylegan2:"):]
+        if not path:
+            raise ValueError("stylegan2: needs a checkpoint file: --model stylegan2:<path>")
+        gen = stylegan2.load_generator(path, device, args.get("truncation"),
+                                       args.get("noise", "const"), name=spec)
+    elif ":" in spec and not Path(spec).exists():
+        model = _call(spec, args, "generator")
         z_dim = getattr(model, "z_dim", None) or getattr(model, "latent_size", None)
         if z_dim is None:
             raise ValueError(f"{spec}: the returned model must declare its latent size "
                              f"(attribute z_dim or latent_size)")
         layers = list(getattr(model, "preferred_layers", []) or [])
-        return Generator(model, z_dim, spec, layers, getattr(model, "paint_layer", None), device)
-    raise ValueError(f"unknown model {spec!r}. Valid: " + "; ".join(
-        f"{k} ({v})" for k, v in GENERATORS.items()))
+        gen = Generator(model, z_dim, spec, layers, getattr(model, "paint_layer", None), device)
+    else:
+        raise ValueError(f"unknown model {spec!r}. Valid: " + "; ".join(
+            f"{k} ({v})" for k, v in GENERATORS.items()))
+    gen.model_args = args
+    return gen
+
+
+def generator_from_dissection(d: dict, source, model=None, model_args=None, device="cpu",
+                              trust=False) -> Generator:
+    """The generator a dissection was made with, loaded with the model arguments it recorded
+    (truncation, noise, ...); `model_args` typed by the user override them. A `model` typed by
+    the user that is not the dissection's is loaded with the user's arguments only."""
+    recorded = d.get("model_args") or {}
+    if not isinstance(recorded, dict) or not all(
+            isinstance(k, str) and isinstance(v, (str, int, float, bool)) for k, v in recorded.items()):
+        raise ValueError(f"{source}: 'model_args' must map names to plain values, got {recorded!r}")
+    spec = model or spec_from_file(d.get("model"), "model", source, "--model", trust)
+    args = parse_args(model_args)
+    if spec == d.get("model"):
+        args = {**recorded, **args}
+    return load_generator(spec, device, args)
 
 
 CLASSIFIERS = {

@@ -60,6 +60,26 @@ def unit_strips(result: dict, source, layer: str, units=None, n=STRIP, thumb=THU
     return strips
 
 
+def level_sentence(result: dict) -> str:
+    """How the levels (and so the masks and IoUs) of a dissection are defined."""
+    q = result["quantile"]
+    if result.get("level_from", "upsampled") == "raw":
+        text = (f"Levels from the raw activations (the published method): each unit's level is the "
+                f"top-{q} quantile of its raw activations at the feature map's resolution, over all "
+                f"samples and positions; its activation map, upsampled bilinearly to the label "
+                f"resolution, is thresholded at that level, so a mask covers about, not exactly, "
+                f"{q * 100:g} % of the pixels.")
+    else:
+        text = (f"Levels from the upsampled activations: each unit's level is the top-{q} quantile "
+                f"of its bilinearly upsampled activation map, so each mask covers exactly "
+                f"{q * 100:g} % of the pixels (not the published method's raw-activation levels).")
+    text += (" IoU = |mask ∧ concept| / |mask ∨ concept|, summed over all samples' pixels.")
+    if result.get("ignored_labels"):
+        text += (f" Ignored labels (no concept; their pixels still count in the masks): "
+                 f"{', '.join(result['ignored_labels'])}.")
+    return text
+
+
 def detector_chart(lay: dict, path: Path, title: str):
     from .plots import bar_chart
     bar_chart(lay["detectors"], path, title, f"units (IoU ≥ {DETECTOR_IOU})")
@@ -73,8 +93,11 @@ def make_report(out_dir, result: dict, source, log=print):
              "img.strip{height:72px;image-rendering:pixelated}</style>",
              f"<h1>Dissection of <code>{html.escape(str(result['model']))}</code></h1>",
              f"<p>{result['samples']} samples, seed {result['seed']}, top quantile q = {result['quantile']}, "
-             f"segmenter <code>{html.escape(str(result['segmenter']))}</code>. A unit is a detector of its "
-             f"best concept when IoU ≥ {DETECTOR_IOU}.</p>"]
+             f"segmenter <code>{html.escape(str(result['segmenter']))}</code>"
+             + (f", model arguments <code>{html.escape(', '.join(f'{k}={v}' for k, v in result['model_args'].items()))}</code>"
+                if result.get("model_args") else "")
+             + f". A unit is a detector of its best concept when IoU ≥ {DETECTOR_IOU}.</p>",
+             f"<p id='definition'>{html.escape(level_sentence(result))}</p>"]
     for layer, lay in result["layers"].items():
         d = out_dir / "images" / layer
         d.mkdir(parents=True, exist_ok=True)
@@ -83,8 +106,11 @@ def make_report(out_dir, result: dict, source, log=print):
         strips = unit_strips(result, source, layer)
         for u, strip in strips.items():
             Image.fromarray(strip).save(d / f"unit_{u:04d}.png")
+        cov = lay.get("coverage")
+        cover = (f" Masks cover {cov['min'] * 100:.2f}–{cov['max'] * 100:.2f} % of the pixels "
+                 f"(mean {cov['mean'] * 100:.2f} %)." if cov else "")
         parts.append(f"<h2>{html.escape(layer)}</h2><p>{lay['units']} units; "
-                     f"{sum(lay['detectors'].values())} detectors of {len(lay['detectors'])} concepts.</p>"
+                     f"{sum(lay['detectors'].values())} detectors of {len(lay['detectors'])} concepts.{cover}</p>"
                      f"<img src='images/{layer}/detectors.png'>")
         parts.append("<table><tr><th>unit</th><th>concept</th><th>IoU</th><th>level</th>"
                      "<th>top-activating samples (region above level outlined)</th></tr>")

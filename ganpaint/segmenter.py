@@ -26,9 +26,14 @@ class Segmenter:
     - `segment(images, size=None)`: long (N, size, size) label map (size defaults to H).
     - `probabilities(images, size=None, grad=False)`: float (N, C, size, size), optional;
       `grad=True` (optional too) keeps the graph, which causal unit rankings learn through.
+    - `ignore_index` (optional, default None): the label that means "no label" (e.g. 0 of a
+      segmenter whose concept 0 is "-"; or 255 outside the concepts). A concept named "-" is
+      such a label too. Dissection counts its pixels (a unit's mask may cover them) but never
+      scores, ranks or lists it as a concept.
     """
 
     concepts: list[str] = []
+    ignore_index: int | None = None
 
     def segment(self, images: torch.Tensor, size: int | None = None) -> torch.Tensor:
         return self.probabilities(images, size).argmax(1)

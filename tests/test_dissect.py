@@ -144,6 +144,8 @@ def test_report_files(tmp_path):
             log=lambda *a: None)
     html = (out / "report.html").read_text()
     assert "layer4" in html and "unit_0007.png" in html
+    assert "Levels from the raw activations (the published method)" in html  # the definition
+    assert "Masks cover" in html
     from PIL import Image
     strip = Image.open(out / "images" / "layer4" / "unit_0000.png")
     assert strip.size[0] == 5 * strip.size[1]

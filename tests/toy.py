@@ -125,3 +125,36 @@ def list_segmenter():
         def segment(self, images, size=None):
             return super().segment(images, size).tolist()
     return ListSegmenter()
+
+
+class DashSegmenter(ToySegmenter):
+    """ToySegmenter whose label 0 (dark pixels) means "no label", named "-" as in the
+    unified-parsing segmenter of the GAN Dissection release."""
+    concepts = ["-", "mid", "bright", "red"]
+
+
+def dash_segmenter():
+    return DashSegmenter()
+
+
+class IndexIgnoreSegmenter(ToySegmenter):
+    """ToySegmenter declaring label 0 ("dark") as no label through `ignore_index`."""
+    ignore_index = 0
+
+
+def index_ignore_segmenter():
+    return IndexIgnoreSegmenter()
+
+
+class OutsideIgnoreSegmenter(ToySegmenter):
+    """Dark pixels labelled 255, outside the concepts, declared as `ignore_index`."""
+    concepts = ["mid", "bright", "red"]
+    ignore_index = 255
+
+    def segment(self, images, size=None):
+        lab = super().segment(images, size)
+        return torch.where(lab == 0, 255, lab - 1)
+
+
+def outside_ignore_segmenter():
+    return OutsideIgnoreSegmenter()
