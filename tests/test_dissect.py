@@ -204,10 +204,12 @@ def test_full_tail_best_threshold_iou_is_exact(tmp_path):
     assert set(bt) == set(src.concepts) and all(0 <= v["iou"] <= 1 for v in bt.values())
 
 
-def test_sparse_relu_units_are_exact():
+@pytest.mark.parametrize("level_from", ["upsampled", "raw"])
+def test_sparse_relu_units_are_exact(level_from):
     """Units that are zero almost everywhere (ReLU): the floor starts above the zeros, so they
     are never binned; a unit active on fewer than q of the pixels gets level 0 exactly and its
-    IoU is that of act > 0; a unit active more often gets its quantile as usual."""
+    IoU is that of act > 0; a unit active more often gets its quantile as usual (of the raw or
+    the upsampled values)."""
     from ganpaint.stats import TailStats
     g = torch.Generator().manual_seed(0)
     n, units, h, size, q = 64, 3, 4, 16, 0.01
@@ -215,21 +217,23 @@ def test_sparse_relu_units_are_exact():
     keep = torch.rand(n, units, 1, 1, generator=g) < torch.tensor([0.004, 0.3, 1.0])[:, None, None]
     act = (act * keep).relu()  # unit 0 fires in ~0.4 % of samples, unit 2 everywhere
     seg = (torch.rand(n, size, size, generator=g) * 3).long()
-    st = TailStats(units, 3, q, tail=0.05)
+    st = TailStats(units, 3, q, tail=0.05, level_from=level_from)
     up = upsampled(act, size).transpose(0, 1).reshape(units, -1)
-    st.init_edges(up[:, : up.shape[1] // 4])
+    raw = act.transpose(0, 1).reshape(units, -1)
+    st.init_edges(up[:, : up.shape[1] // 4], raw[:, : raw.shape[1] // 4])
     st.update(act, seg)
     r = st.iou()
     assert bool(r["exact"].all())
     lab = seg.reshape(-1)
+    leveled = raw if level_from == "raw" else up
     for u in range(units):
-        level = torch.quantile(up[u].double(), 1 - q).item()
+        level = torch.quantile(leveled[u].double(), 1 - q).item()
         above = up[u] > level
         for c in range(3):
             m = lab == c
             exact = ((above & m).sum() / (above | m).sum()).item()
             assert abs(exact - r["iou"][u, c].item()) <= 0.005, (u, c)
-    assert r["level"][0].item() == 0.0 and torch.quantile(up[0].double(), 1 - q).item() == 0.0
+    assert r["level"][0].item() == 0.0 and torch.quantile(leveled[0].double(), 1 - q).item() == 0.0
     assert st.joint.sum() < 0.2 * up.numel()  # the zeros were not binned
 
 
