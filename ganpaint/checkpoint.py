@@ -21,6 +21,22 @@ class CheckpointError(RuntimeError):
     """A weights or state file that cannot be loaded; the message says which file and why."""
 
 
+def run_paths(out_dir, export_to) -> Path:
+    """Check a training run's folder and export file before any work is done (a run that
+    fails at its first save loses that work): returns the run folder as a Path."""
+    out_dir, export_to = Path(out_dir), Path(export_to)
+    for p in (out_dir, *out_dir.parents):
+        if p.exists() and not p.is_dir():
+            raise ValueError(f"--out {out_dir}: {p} is a file, not a folder; give a folder for "
+                             f"the run's state")
+    if export_to.is_dir():
+        raise ValueError(f"--export {export_to} is a folder; give a weights file name (.pt)")
+    for p in export_to.parents:
+        if p.exists() and not p.is_dir():
+            raise ValueError(f"--export {export_to}: {p} is a file, not a folder")
+    return out_dir
+
+
 def save(obj, path) -> None:
     """Write `obj` with torch.save to `path` atomically (temp file + rename)."""
     path = Path(path)

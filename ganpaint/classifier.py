@@ -84,7 +84,7 @@ def train(out_dir="runs/classifier", export_to=DEFAULT_WEIGHTS, steps=1500, batc
     """Train on renders (seeds from 0), resumable; light augmentation keeps it below perfect."""
     from .augment import degrade
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    out_dir = Path(out_dir)
+    out_dir = checkpoint.run_paths(out_dir, export_to)
     state_path = out_dir / "state.pt"
     torch.manual_seed(0)
     net = SceneCNN().to(device)

@@ -112,7 +112,7 @@ def eval_gan(generator, segmenter, dissection=None, samples=1000, batch_size=50,
 
 def check_bars(r: dict) -> list[tuple[str, bool, str]]:
     """The world issue's quality bars as (name, passed, figures) rows; every verdict is
-    computed from the figures."""
+    computed from the figures; passed is None for figures that are reported, not judged."""
     rows = []
     g, ren = r["fractions"]["generated"], r["fractions"]["renders"]
     for c in g:
@@ -122,11 +122,15 @@ def check_bars(r: dict) -> list[tuple[str, bool, str]]:
         bar = 0.5 if c in ("door", "dome") else 0.25
         rows.append((f"fraction {c}", abs(rel) <= bar,
                      f"{g[c]:.4f} vs {ren[c]:.4f} ({rel:+.0%}, bar ±{bar:.0%})"))
-    for k, judge in (("fd", "segmenter"), ("fd_judge", "classifier")):
-        if f"{k}_ref2x" in r:  # below the distance of renders blurred by a 2× resize
-            rows.append((f"Fréchet distance ({judge})", r[k] < r[f"{k}_ref2x"],
+    # The classifier's distance must sit below that of renders blurred by a 2× resize. The
+    # segmenter's is reported only (None): it was trained to read blurred images alike, so
+    # blur barely moves it, and the semantic discriminator trains the GAN on its features.
+    for k, judge, bar in (("fd", "segmenter", False), ("fd_judge", "classifier", True)):
+        if f"{k}_ref2x" in r:
+            rows.append((f"Fréchet distance ({judge})", (r[k] < r[f"{k}_ref2x"]) if bar else None,
                          f"{r[k]:.3f}; renders blurred 2× {r[f'{k}_ref2x']:.3f}, 4× "
-                         f"{r[f'{k}_ref4x']:.3f}, floor {r[f'{k}_floor']:.3f} (bar: below 2×)"))
+                         f"{r[f'{k}_ref4x']:.3f}, floor {r[f'{k}_floor']:.3f}"
+                         + (" (bar: below 2×)" if bar else " (reported)")))
     if "tree_removed_top20" in r:
         rows.append(("tree removed by top-20", r["tree_removed_top20"] >= 0.75,
                      f"{r['tree_removed_top20']:.3f} (bar 0.75)"))
@@ -135,7 +139,7 @@ def check_bars(r: dict) -> list[tuple[str, bool, str]]:
         rows.append(("tree change by random-20", r["tree_change_random20"] < 0.10,
                      f"{r['tree_change_random20']:.3f} mean size (bar < 0.10{each})"))
         iou = ", ".join(f"{c} {v:.3f}" for c, v in r["top_quantile_iou"].items())
-        rows.append(("top-quantile IoU (reported)", True, iou))
+        rows.append(("top-quantile IoU", None, iou))
     if "door_dab" in r:
         dd, ts = r["door_dab"], r["tree_stroke"]
         na = lambda v, f: "n/a" if v is None else format(v, f)  # noqa: E731

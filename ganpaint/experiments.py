@@ -31,6 +31,14 @@ def _batches(samples, batch_size):
         yield list(range(i, min(samples, i + batch_size)))
 
 
+def _check_count(name, values, low, n_units, layer):
+    """Unit counts outside [low, n_units] would silently edit the wrong units (a negative k
+    slices from the end): refuse them, naming the valid range."""
+    bad = [v for v in values if not low <= int(v) <= n_units]
+    if bad:
+        raise ValueError(f"{name} must be in {low}..{n_units} (the units of {layer}), got {bad}")
+
+
 def _cell_mask(labels, c, grid):
     """(N, h, w) float: feature cells where concept c occupies any pixel."""
     m = (labels == c).float()[:, None]
@@ -49,6 +57,7 @@ def ablation(painter: Painter, segmenter, concept: str, ks=(0, 1, 2, 4, 8, 12, 1
     name = segmenter.concepts[c]
     ks = sorted({int(k) for k in ks})
     n_units = painter.dissection["layers"][painter.layer]["units"]
+    _check_count("k", ks, 0, n_units, painter.layer)
     by = by or best_ranking(painter.dissection, name, painter.layer, local)
     ranked = top_units(painter.dissection, name, painter.layer, n_units, by)
     if len(ranked) < max(ks):  # units with zero IoU come after, in index order
@@ -112,6 +121,7 @@ def insertion(painter: Painter, segmenter, concept="door", units=20, samples=500
     g = painter.generator
     c = lookup(concept, segmenter.concepts)
     name = segmenter.concepts[c]
+    _check_count("units", [units], 1, painter.dissection["layers"][painter.layer]["units"], painter.layer)
     rng = np.random.default_rng(seed + 2000)
     added: dict[str, list] = {}
     for idx in tqdm(list(_batches(samples, batch_size)), disable=not progress,

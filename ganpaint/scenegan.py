@@ -188,7 +188,7 @@ def train(out_dir="runs/gan", export_to=DEFAULT_WEIGHTS, steps=20000, batch_size
     (its weights seed G and its EMA; the discriminators start fresh)."""
     from PIL import Image
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    out_dir = Path(out_dir)
+    out_dir = checkpoint.run_paths(out_dir, export_to)
     state_path = out_dir / "state.pt"
     tr = Trainer(batch_size, lr_g, lr_d, device, semantic, segmenter_path)
     if init is not None and not state_path.exists():

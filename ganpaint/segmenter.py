@@ -149,6 +149,8 @@ def evaluate(segmenter: Segmenter, samples=500, seed=None, size=64, batch_size=5
     from tqdm import tqdm
 
     from .scenes import HELDOUT_SEED, render_batch, to_tensor_images
+    if samples < 1:
+        raise ValueError(f"samples must be at least 1, got {samples}")
     start = HELDOUT_SEED + (0 if seed is None else int(seed))
     k = len(segmenter.concepts)
     conf = np.zeros((k, k), np.int64)

@@ -18,7 +18,7 @@ from .segmenter import UNet, export
 def train(out_dir="runs/segmenter", export_to="models/segmenter.pt", steps=3000, batch_size=32,
           resolution=64, width=24, lr=3e-3, device=None, log=print, save_every=200):
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    out_dir = Path(out_dir)
+    out_dir = checkpoint.run_paths(out_dir, export_to)
     state_path = out_dir / "state.pt"
     torch.manual_seed(0)  # same initial weights every run: a resumed run equals an unbroken one
     net = UNet(len(CONCEPTS), width).to(device)

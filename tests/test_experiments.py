@@ -73,8 +73,8 @@ def test_eval_gan_judges_with_segmenter_and_an_independent_network():
     # heavily noised renders are not
     clean_ok = {name: ok for name, ok, _ in check_bars(clean)}
     noisy_ok = {name: ok for name, ok, _ in check_bars(noisy)}
-    assert clean_ok["Fréchet distance (classifier)"] and clean_ok["Fréchet distance (segmenter)"]
-    assert not noisy_ok["Fréchet distance (classifier)"] and not noisy_ok["Fréchet distance (segmenter)"]
+    assert clean_ok["Fréchet distance (classifier)"] and not noisy_ok["Fréchet distance (classifier)"]
+    assert clean_ok["Fréchet distance (segmenter)"] is None  # reported, not judged
     assert clean["fd_judge_ref4x"] > clean["fd_judge_ref2x"] > clean["fd_judge_floor"]
 
 
@@ -118,3 +118,19 @@ def test_painting_figures_on_the_shipped_model():
         assert kind == sorted(kind)
     assert all(0 <= v < 1 for v in r["tree_stroke"]["left"])
     assert 0 <= r["tree_stroke"]["background_share"] <= 1
+
+
+def test_unit_counts_out_of_range_are_refused(painter):
+    seg = ToySegmenter()
+    with pytest.raises(ValueError, match=r"k must be in 0\.\.8"):
+        experiments.ablation(painter, seg, "red", [0, -5], samples=4, progress=False)
+    with pytest.raises(ValueError, match=r"k must be in 0\.\.8"):
+        experiments.ablation(painter, seg, "red", [100000], samples=4, progress=False)
+    with pytest.raises(ValueError, match=r"units must be in 1\.\.8"):
+        experiments.insertion(painter, seg, "red", units=-3, samples=4, progress=False)
+
+
+def test_segmenter_evaluation_needs_samples():
+    from ganpaint.segmenter import evaluate
+    with pytest.raises(ValueError, match="at least 1"):
+        evaluate(ToySegmenter(), samples=0)
