@@ -645,7 +645,8 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (UnknownNameError, CheckpointError, ValueError, FileNotFoundError) as e:
+    except (UnknownNameError, CheckpointError, ValueError, FileNotFoundError,
+            NotImplementedError) as e:  # the last: a segmenter without probabilities(), say
         print(f"ganpaint {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:  # Ctrl-C: one line (a dissection says where it saved)

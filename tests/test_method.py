@@ -175,3 +175,24 @@ def test_stylegan2_spec_in_a_dissection_runs_no_code():
         registry.spec_from_file("evil.mod:make", "model", "d.json", "--model")
     with pytest.raises(ValueError, match="model_args"):
         registry.generator_from_dissection({"model": "scenes", "model_args": [1]}, "d.json")
+
+
+def test_stylegan2_rank_causal_and_app(tmp_path, capsys):
+    """rank-causal learns on a StyleGAN2 dissection (one hooked full pass per step, no split),
+    and the app's generator comes back with the recorded model arguments and paints."""
+    from ganpaint.paintapp import PaintApp
+    ckpt = tiny_stylegan2(tmp_path / "tiny.pt")
+    out, seg = tmp_path / "d", ["--segmenter", "tests.toy:SoftSegmenter"]
+    assert main(["dissect", "--model", f"stylegan2:{ckpt}", "--model-arg", "noise=latent", *seg,
+                 "--samples", "8", "--batch-size", "4", "--no-report", "--out", str(out)]) == 0
+    assert main(["rank-causal", "--dissection", str(out), *seg, "--concepts", "bright",
+                 "--samples", "4", "--steps", "2", "--batch-size", "4", "--device", "cpu"]) == 0
+    d = load_dissection(out)
+    assert "bright" in d["layers"]["b8.conv1"]["causal"]
+    g = registry.generator_from_dissection(d, out / "dissection.json")
+    assert g.model_args == {"noise": "latent"} and g.model.noise == "latent"
+    app = PaintApp(g, d)
+    assert app.grid == (8, 8)
+    mask = np.zeros((32, 32), bool)
+    mask[8:24, 8:24] = True
+    assert app.painter.stroke("bright", mask, "draw", 4, 1.0) is not None
