@@ -415,6 +415,16 @@ def stroke_cells(strokes, grid) -> torch.Tensor:
     return cells
 
 
+def composite_region(cells, size, grow: int = 0) -> torch.Tensor:
+    """(size, size) bool: the edited cells upsampled to the model's size and grown by `grow`
+    pixels; `composite` leaves every pixel outside it as the original's."""
+    cells = torch.as_tensor(cells, dtype=torch.float32)
+    region = F.interpolate(cells[None, None], size=(size, size), mode="nearest")
+    if grow > 0:
+        region = F.max_pool2d(region, 2 * int(grow) + 1, stride=1, padding=int(grow))
+    return region[0, 0] > 0
+
+
 def _to_uint8(images: torch.Tensor) -> np.ndarray:
     x = images.detach().float().clamp(-1, 1).add(1).mul(127.5).round().byte()
     return x[0].permute(1, 2, 0).cpu().numpy()
@@ -452,10 +462,10 @@ def composite(original: torch.Tensor, edited: torch.Tensor, unedited: torch.Tens
     cells = torch.as_tensor(cells, dtype=torch.float32).to(orig.device)
     if cells.dim() != 2:
         raise ValueError(f"cells must be an (h, w) mask; got shape {tuple(cells.shape)}")
-    region = F.interpolate(cells[None, None], size=S, mode="nearest")
-    if grow > 0:
-        region = F.max_pool2d(region, 2 * int(grow) + 1, stride=1, padding=int(grow))
-    alpha = _feather((region > 0).float(), int(feather))
+    if S[0] != S[1]:
+        raise ValueError(f"the generated images must be square, not {S[1]}×{S[0]}")
+    region = composite_region(cells, S[0], grow)[None, None].float()
+    alpha = _feather(region, int(feather))
     changed = ((edited - unedited).abs().amax(1, keepdim=True) > tolerance).float()
     near = F.avg_pool2d(F.max_pool2d(changed, 3, 1, 1), 3, 1, 1, count_include_pad=False)
     alpha = alpha * near  # (N, 1, h, w) at the model's size
@@ -559,7 +569,7 @@ def invert(generator, image, encoder=None, perceptual=None, layer: str | None = 
     dev = generator.device
     for _, m in later_layers(generator, layer):  # batch norm etc. must not update statistics
         m.eval()
-    prepared, size = None, _output_size(generator)
+    prepared, size = None, output_size(generator)
     if isinstance(image, PreparedImage):
         prepared, target = image, image.tensor
     elif isinstance(image, torch.Tensor):
@@ -650,10 +660,53 @@ def invert(generator, image, encoder=None, perceptual=None, layer: str | None = 
     return inv
 
 
-def _output_size(generator) -> int:
+def output_size(generator) -> int:
+    """The (square) size of the generator's images: what uploads are resized to."""
     with torch.no_grad():
         img = generator(generator.latents([0]))
     if img.shape[-1] != img.shape[-2]:
         raise InversionError(f"{generator.name} draws {img.shape[-1]}×{img.shape[-2]} images; "
                              f"inversion supports square models")
     return int(img.shape[-1])
+
+
+def evaluate(generator, segmenter=None, painter=None, encoder=None, samples: int = 50,
+             concept: str = "tree", units: int = 20, min_pixels: int = 40, progress=False,
+             log=print, **options) -> dict:
+    """The inversion bars on held-out renders (seeds ≥ scenes.HELDOUT_SEED, never trained on):
+    mean PSNRs (encoder or random start, optimised, adapted), seconds per image, and, with a
+    `painter`, "remove `concept`" over the concept's cells (from the render's exact labels) on
+    each scene that has ≥ `min_pixels` of it: the median fraction of the concept's pixels
+    (by `segmenter`) left after compositing, and the largest change outside the composited
+    region (in [0, 1] units; 0 means the input's pixels exactly)."""
+    import statistics
+
+    from tqdm import tqdm
+
+    from .labels import INDEX
+    from .scenes import HELDOUT_SEED, render, to_tensor_images
+    size = output_size(generator)
+    rows, left, outside = [], [], 0.0
+    for i in tqdm(range(samples), desc="invert --eval", disable=not progress):
+        image, labels = render(HELDOUT_SEED + i, size)
+        target = to_tensor_images(image[None]).to(generator.device)
+        inv = invert(generator, target, encoder=encoder, perceptual=segmenter, **options)
+        rows.append(inv.stats)
+        where = torch.from_numpy(labels == INDEX[concept])
+        if painter is None or segmenter is None or int(where.sum()) < min_pixels:
+            continue
+        stroke = painter.stroke(concept, where.float(), "remove", units)
+        out = inv.edit(generator, [stroke])
+        k = segmenter.concepts.index(concept)
+        before = int((segmenter.segment(target) == k).sum())
+        if before:
+            left.append(int((segmenter.segment(out) == k).sum()) / before)
+        region = composite_region(stroke_cells([stroke], inv.base_features(generator).shape[-2:]),
+                                  size, inv.grow)
+        outside = max(outside, float((out - target)[..., ~region].abs().max()) / 2)
+    mean = lambda key: (statistics.mean(r[key] for r in rows) if rows and key in rows[0] else None)
+    return {"samples": samples, "psnr_encoder": mean("psnr_encoder"),
+            "psnr_start": mean("psnr_start"), "psnr_optimised": mean("psnr_optimised"),
+            "psnr_adapted": mean("psnr_adapted"), "seconds_per_image": mean("seconds"),
+            f"edit_{concept}_left_median": statistics.median(left) if left else None,
+            f"edit_{concept}_scenes": len(left), "outside_max_diff": outside}

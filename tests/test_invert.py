@@ -15,7 +15,8 @@ from ganpaint import checkpoint
 from ganpaint.encoder import Encoder, export, load_encoder, train_encoder
 from ganpaint.generator import Generator
 from ganpaint.intervene import Stroke
-from ganpaint.invert import (ImageError, Inversion, InversionError, composite, invert,
+from ganpaint.invert import (ImageError, Inversion, InversionError, composite, composite_region,
+                             evaluate, invert,
                              load_image, psnr, receptive_growth, stroke_cells)
 from ganpaint.scenes import render, to_tensor_images
 from tests.toy import tiny_generator
@@ -337,3 +338,18 @@ def test_scene_encoder_export_is_under_10_mb(tmp_path):
     with pytest.raises(checkpoint.CheckpointError, match="not a ganpaint encoder"):
         checkpoint.save({"config": {}}, tmp_path / "bad.pt")
         load_encoder(tmp_path / "bad.pt")
+
+
+def test_composite_region_is_the_grown_cells():
+    cells = torch.zeros(4, 4)
+    cells[2, 1] = 1
+    for grow in (0, 1, 3):
+        assert torch.equal(composite_region(cells, 16, grow), _region(cells, 16, grow))
+
+
+def test_evaluate_reports_the_bars_on_held_out_renders():
+    g = Generator(tiny_generator(), 16, "tiny", paint_layer="layer4")
+    out = evaluate(g, samples=2, log=lambda *a: None, adapt_steps=5, **FAST)
+    assert out["samples"] == 2 and out["psnr_encoder"] is None
+    assert out["psnr_adapted"] > out["psnr_start"] and out["seconds_per_image"] > 0
+    assert out["edit_tree_left_median"] is None and out["outside_max_diff"] == 0.0
