@@ -14,7 +14,9 @@ from pathlib import Path
 
 import torch
 
-MODELS = Path(__file__).resolve().parent.parent / "models"  # the shipped weights
+from . import home
+
+MODELS: Path = home.path("models")  # the shipped weights (see ganpaint.home for where)
 
 
 class CheckpointError(RuntimeError):
@@ -50,6 +52,9 @@ def load(path, map_location="cpu"):
     """Load a torch file safely (no code execution); clear errors for bad files."""
     path = Path(path)
     if not path.exists():
+        rel = _shipped(path)
+        if rel:  # a shipped weights file: say where shipped files are looked for
+            raise CheckpointError(f"{path}: file not found. {home.missing('models', rel)}")
         raise CheckpointError(f"{path}: file not found")
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols before refusing
@@ -66,6 +71,14 @@ def load(path, map_location="cpu"):
         raise _unreadable(path, e) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as e:
         raise _unreadable(path, e) from None
+
+
+def _shipped(path: Path) -> str:
+    """`path` relative to the shipped models folder ('' when it lies elsewhere)."""
+    try:
+        return path.resolve().relative_to(MODELS.resolve()).as_posix()
+    except (OSError, ValueError):
+        return ""
 
 
 def _unreadable(path, e) -> CheckpointError:

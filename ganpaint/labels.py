@@ -1,4 +1,4 @@
-"""Concept names and overlay colours, read from assets/labels.json.
+"""Concept names and overlay colours, read from the shipped assets/labels.json.
 
 One list, shared by the renderer, the segmenter and every report, so that a label index
 means the same thing everywhere.
@@ -11,7 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
+from . import home
+
+ASSETS: Path = home.path("assets")  # the shipped assets (see ganpaint.home for where)
 
 
 class UnknownNameError(KeyError):
@@ -31,7 +33,7 @@ def unknown(kind: str, name: str, valid) -> UnknownNameError:
 
 
 def _load():
-    data = json.loads((ASSETS / "labels.json").read_text())
+    data = json.loads(home.require("assets", "labels.json").read_text())
     return data["concepts"]
 
 
