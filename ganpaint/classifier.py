@@ -60,7 +60,9 @@ class SceneCNN(nn.Sequential):
         self.widths = list(widths)
 
 
-def load_classifier(path=DEFAULT_WEIGHTS, device="cpu") -> SceneCNN:
+def load_cnn(path=DEFAULT_WEIGHTS, device="cpu") -> SceneCNN:
+    """The scene-category CNN of a weights file written by `train` (safely; clear errors),
+    with its `categories`. `registry.load_classifier(spec)` also resolves import paths."""
     state = checkpoint.load(path)
     try:
         net = SceneCNN(len(state["categories"]), state["widths"])
@@ -69,6 +71,9 @@ def load_classifier(path=DEFAULT_WEIGHTS, device="cpu") -> SceneCNN:
         raise checkpoint.CheckpointError(f"{path}: not a ganpaint classifier file: {e}") from None
     net.categories = state["categories"]
     return net.to(device).eval()
+
+
+load_classifier = load_cnn  # its old name, kept for callers; it is not registry's
 
 
 def batch(seeds, size=64):

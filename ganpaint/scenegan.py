@@ -34,8 +34,10 @@ def build_generator(config=None) -> ProGAN:
     return ProGAN(**(config or CONFIG))
 
 
-def load_generator(path=DEFAULT_WEIGHTS, device="cpu") -> ProGAN:
-    """Load a generator file written by `export` (safely; clear errors for bad files)."""
+def load_scenegan(path=DEFAULT_WEIGHTS, device="cpu") -> ProGAN:
+    """The bare ProGAN network of a generator file written by `export` (safely; clear errors
+    for bad files). `registry.load_generator("scenes")` wraps it as a `Generator` (latents,
+    layers, painting layer), which is what dissection and painting take."""
     state = checkpoint.load(path)
     try:
         g = build_generator(state["config"])
@@ -43,6 +45,9 @@ def load_generator(path=DEFAULT_WEIGHTS, device="cpu") -> ProGAN:
     except (KeyError, RuntimeError, TypeError) as e:
         raise checkpoint.CheckpointError(f"{path}: not a ganpaint generator file: {e}") from None
     return g.to(device).eval()
+
+
+load_generator = load_scenegan  # its old name, kept for callers; it is not registry's
 
 
 def export(g: ProGAN, path, extra=None):

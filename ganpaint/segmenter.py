@@ -115,8 +115,9 @@ def export(net: UNet, path, resolution: int, extra: dict | None = None):
     checkpoint.save(state, path)
 
 
-def load_segmenter(path=DEFAULT_WEIGHTS, device="cpu") -> UNetSegmenter:
-    """Load a U-Net segmenter file written by `export` (safely; clear errors)."""
+def load_unet(path=DEFAULT_WEIGHTS, device="cpu") -> UNetSegmenter:
+    """The U-Net segmenter of a weights file written by `export` (safely; clear errors).
+    `registry.load_segmenter(spec)` also resolves ids and import paths to any `Segmenter`."""
     state = checkpoint.load(path)
     try:
         net = UNet(len(state["concepts"]), width=int(state["width"]))
@@ -124,6 +125,9 @@ def load_segmenter(path=DEFAULT_WEIGHTS, device="cpu") -> UNetSegmenter:
     except (KeyError, RuntimeError, TypeError) as e:
         raise checkpoint.CheckpointError(f"{path}: not a ganpaint segmenter file: {e}") from None
     return UNetSegmenter(net, state["concepts"], state["resolution"], device)
+
+
+load_segmenter = load_unet  # its old name, kept for callers; it is not registry's
 
 
 def confusion(pred: torch.Tensor, target: torch.Tensor, classes: int) -> np.ndarray:
