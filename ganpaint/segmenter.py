@@ -26,6 +26,9 @@ class Segmenter:
     - `segment(images, size=None)`: long (N, size, size) label map (size defaults to H).
     - `probabilities(images, size=None, grad=False)`: float (N, C, size, size), optional;
       `grad=True` (optional too) keeps the graph, which causal unit rankings learn through.
+    - `features(images)` (optional): float (N, D), one feature vector per image (the U-Net's
+      deepest features, spatially averaged). Only `eval_gan`'s Fréchet distance on the
+      segmenter uses it; without it that distance is skipped with a note in the result.
     - `ignore_index` (optional, default None): the label that means "no label" (e.g. 0 of a
       segmenter whose concept 0 is "-"; or 255 outside the concepts). A concept named "-" is
       such a label too. Dissection counts its pixels (a unit's mask may cover them) but never

@@ -134,3 +134,24 @@ def test_segmenter_evaluation_needs_samples():
     from ganpaint.segmenter import evaluate
     with pytest.raises(ValueError, match="at least 1"):
         evaluate(ToySegmenter(), samples=0)
+
+
+def test_eval_gan_with_a_segmenter_without_features():
+    """features() is optional in the Segmenter protocol: eval-gan skips that one distance and
+    says so, instead of failing on a custom segmenter (AttributeError before)."""
+    from ganpaint.evaluate import check_bars, eval_gan
+    from ganpaint.segmenter import load_unet
+
+    class Labels:  # only the required protocol: concepts and segment()
+        def __init__(self, seg):
+            self.concepts, self.segment = seg.concepts, seg.segment
+
+    r = eval_gan(_RenderGenerator(), Labels(load_unet()), samples=20, batch_size=20,
+                 progress=False)
+    assert "fd" not in r and "fd_ref2x" not in r
+    assert r["notes"] == ["Fréchet distance on the segmenter's features skipped: Labels has no "
+                          "features() (optional in the Segmenter protocol)"]
+    assert abs(r["fractions"]["generated"]["sky"] - r["fractions"]["renders"]["sky"]) < 0.1
+    rows = check_bars(r)
+    assert ("note", None, r["notes"][0]) in rows
+    assert not any(name.startswith("Fréchet") for name, _, _ in rows)
