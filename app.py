@@ -38,6 +38,7 @@ def serve(a):
     from pathlib import Path
 
     from ganpaint import registry
+    from ganpaint.checkpoint import CheckpointError
     from ganpaint.dissect import load_dissection
     from ganpaint.paintapp import CSS, MAX_UPLOAD, PaintApp, build_demo
 
@@ -49,7 +50,12 @@ def serve(a):
     # the dissection's model and model arguments (truncation, noise, ...) unless given here
     g = registry.generator_from_dissection(d, ddir / "dissection.json", a.model, a.model_arg,
                                            registry.device(a.device), a.trust)
-    app = PaintApp(g, d, layer=a.layer)
+    try:  # the dissection's segmenter, if loading it runs no code: picks the opening scene
+        seg = registry.load_segmenter(registry.spec_from_file(
+            d.get("segmenter"), "segmenter", ddir / "dissection.json", "--segmenter", a.trust))
+    except (ValueError, CheckpointError, FileNotFoundError):
+        seg = None
+    app = PaintApp(g, d, segmenter=seg, layer=a.layer)
     demo = build_demo(app, ddir / "experiments")
     demo.queue(default_concurrency_limit=2)
     demo.launch(server_name=a.host, server_port=a.port, share=False, footer_links=[], css=CSS,

@@ -97,6 +97,27 @@ class PaintApp:
         self.units = grid["units"]
         self.grid = generator.layer_shapes([self.painter.layer])[self.painter.layer][1:]
 
+    def first_seed(self, limit: int = 100, need=(("building", 0.10), ("tree", 0.04))) -> int:
+        """The seed the app opens on: the first whose scene shows every concept of `need` over
+        the given share of its pixels (a person's first view should hold something to paint and
+        something to remove). Seed 0 without a segmenter, or when no seed within `limit` does."""
+        if self.segmenter is None:
+            return 0
+        from .labels import lookup
+        try:
+            want = [(lookup(c, self.segmenter.concepts), share) for c, share in need]
+        except KeyError:  # a segmenter without these concepts
+            return 0
+        for start in range(0, limit, 16):
+            seeds = list(range(start, min(limit, start + 16)))
+            with self.lock:
+                z = self.painter.generator.latents(seeds, seed=0)
+                lab = self.segmenter.segment(self.painter.render(z))
+            for seed, l in zip(seeds, lab):
+                if all((l == c).float().mean() >= share for c, share in want):
+                    return seed
+        return 0
+
     # -- rendering --------------------------------------------------------------------------
     def latent(self, seed: int) -> torch.Tensor:
         return self.painter.generator.latents([int(seed)], seed=0)
@@ -289,7 +310,8 @@ def build_demo(app: PaintApp, curves_dir: Path | None = None):
                         undo_btn = gr.Button("undo", elem_id="undo")
                         reset_btn = gr.Button("reset", elem_id="reset")
                     with gr.Row():
-                        seed = gr.Number(value=0, precision=0, label="seed", elem_id="seed")
+                        seed = gr.Number(value=app.first_seed(), precision=0, label="seed",
+                                         elem_id="seed")
                         load_btn = gr.Button("load seed", elem_id="load")
                         rand_btn = gr.Button("new scene", elem_id="random")
                     status = gr.Textbox(label="status", interactive=False, elem_id="status")

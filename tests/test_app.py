@@ -128,3 +128,19 @@ def test_oversized_stroke_layers_are_refused(app, tmp_path, monkeypatch):
     Image.new("1", (MAX_LAYER + 8, MAX_LAYER + 8)).save(tmp_path / "huge.png")
     with pytest.raises(Image.DecompressionBombError):
         Image.open(tmp_path / "huge.png")
+
+
+def test_the_app_opens_on_a_scene_with_a_building_and_a_tree():
+    """The first seed whose scene the segmenter sees holding both; earlier seeds lack one."""
+    from ganpaint import registry
+    from ganpaint.checkpoint import MODELS
+    from ganpaint.dissect import load_dissection
+    from ganpaint.labels import INDEX
+    seg = registry.load_segmenter("scenes")
+    app = PaintApp(registry.load_generator("scenes"), load_dissection(MODELS / "dissection"), seg)
+    first = app.first_seed(limit=40)
+    lab = seg.segment(app.painter.render(app.painter.generator.latents(range(first + 1), 0)))
+    share = lambda l, c: (l == INDEX[c]).float().mean()  # noqa: E731
+    assert share(lab[first], "building") >= 0.10 and share(lab[first], "tree") >= 0.04
+    assert all(share(l, "building") < 0.10 or share(l, "tree") < 0.04 for l in lab[:first])
+    assert PaintApp(app.painter.generator, app.dissection).first_seed() == 0  # no segmenter
