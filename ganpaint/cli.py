@@ -107,8 +107,8 @@ def _eval_segmenter(p):
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
     def run(a):
-        from .segmenter import DEFAULT_WEIGHTS, evaluate, load_segmenter
-        seg = load_segmenter(a.segmenter or DEFAULT_WEIGHTS)
+        from .segmenter import DEFAULT_WEIGHTS, evaluate, load_unet
+        seg = load_unet(a.segmenter or DEFAULT_WEIGHTS)
         r = evaluate(seg, a.samples, a.seed, a.size, progress=not a.json)
         if a.json:
             print(json.dumps(r))
@@ -179,7 +179,7 @@ def _eval_gan(p):
         judge = None
         if not a.no_judge:
             from . import classifier
-            net = classifier.load_classifier(a.judge or classifier.DEFAULT_WEIGHTS, dev)
+            net = classifier.load_cnn(a.judge or classifier.DEFAULT_WEIGHTS, dev)
             judge = lambda x: classifier.features(net, x)  # noqa: E731
         r = eval_gan(g, seg, d, a.samples, progress=not a.json, judge=judge)
         if a.json:
@@ -220,11 +220,13 @@ def _dissect(p):
     def run(a):
         from .dissect import distributed
         with distributed():
-            _dissect(a)
+            _run_dissect(a)
     return run
 
 
-def _dissect(a):
+def _run_dissect(a):
+    """The dissect command's work (apart from its argument definitions, `_dissect`): one
+    place that loads the model, its probe or segmenter, and runs the dissection."""
     from . import registry
     from .dissect import dissect
     from .sources import GeneratorSource, ProbeSource
@@ -629,6 +631,8 @@ def _models(p):
 
 
 def build_parser():
+    """The `ganpaint` argument parser, one subcommand per `@command` (tests and docs build it
+    without running anything)."""
     parser = Parser(
         prog="ganpaint", description="GAN dissection and semantic painting.")
     sub = parser.add_subparsers(dest="command", metavar="command")
@@ -640,6 +644,8 @@ def build_parser():
 
 
 def main(argv=None):
+    """Run `ganpaint` with `argv` (default: sys.argv) and return the exit code: 0, 2 for an
+    error a user can fix (printed as one line, not a traceback), 130 for Ctrl-C."""
     from .checkpoint import CheckpointError
     from .labels import UnknownNameError
     args = build_parser().parse_args(argv)

@@ -198,7 +198,7 @@ def load_generator(spec: str = "scenes", device="cpu", model_args=None) -> Gener
         raise ValueError(f"a model must be named, got {spec!r}")
     if spec == "scenes":
         _no_args(spec, args)
-        from .scenegan import PAINT_LAYER, load_generator as load_scenegan
+        from .scenegan import PAINT_LAYER, load_scenegan
         g = load_scenegan(device=device)
         gen = Generator(g, g.z_dim, "scenes", ["layer4", "layer3", "layer5", "layer6"],
                         PAINT_LAYER, device)
@@ -257,7 +257,7 @@ CLASSIFIERS = {
 def load_classifier(spec: str = "scenes-cnn", device="cpu", model_args=None):
     """An image classifier (nn.Module on images in [-1, 1]) to dissect on the probe set."""
     if spec == "scenes-cnn":
-        from .classifier import load_classifier as load_cnn
+        from .classifier import load_cnn
         return load_cnn(device=device)
     if ":" in spec:
         return _call(spec, parse_args(model_args), "classifier")
@@ -266,7 +266,11 @@ def load_classifier(spec: str = "scenes-cnn", device="cpu", model_args=None):
 
 
 def load_segmenter(spec: str = "scenes", device="cpu", args=None):
-    from .segmenter import DEFAULT_WEIGHTS, load_segmenter as load_unet
+    """A segmenter by id (`scenes`), weights file (`<path>.pt`, a U-Net written by ganpaint) or
+    import path (`args` are its keyword arguments): any object with `concepts` and `segment()`
+    (the `Segmenter` protocol), so dissection takes segmenters for real photos too. For the
+    U-Net of a weights file only, `segmenter.load_unet(path)` is the direct loader."""
+    from .segmenter import DEFAULT_WEIGHTS, load_unet
     if spec in (None, "scenes"):
         return load_unet(DEFAULT_WEIGHTS, device)
     if spec.endswith(".pt") or Path(spec).exists():
