@@ -52,13 +52,23 @@ def test_noise_is_seeded_and_bad_specs_refused(probe):
 
 
 def test_robustness_report():
-    r = ce.robustness(tiny_classifier(), "tiny", ["conv3"], ["noise:100", "rotate:90"], samples=32,
-                      batch_size=16, progress=False)
-    assert set(r["perturbed"]) == {"noise:100", "rotate:90"}
-    row = r["perturbed"]["noise:100"]["conv3"]
-    assert row["detectors"] >= 0 and row["unique"] <= row["detectors"]
-    for d in row["original_detectors"].values():
-        assert 0 <= d["after"] <= 1
+    """An identity perturbation keeps every detector exactly; heavy noise destroys them."""
+    r = ce.robustness(tiny_classifier(), "tiny", ["conv3"], ["noise:0", "noise:100", "rotate:90"],
+                      samples=32, batch_size=16, progress=False)
+    assert set(r["perturbed"]) == {"noise:0", "noise:100", "rotate:90"}
+    base = r["unperturbed"]["conv3"]
+    assert base["detectors"] >= 2 and 1 <= base["unique"] <= base["detectors"]
+    same = r["perturbed"]["noise:0"]["conv3"]
+    assert {k: same[k] for k in ("detectors", "unique")} == base
+    assert len(same["original_detectors"]) == base["detectors"]
+    assert all(d["after"] == d["before"] >= ce.DETECTOR_IOU
+               for d in same["original_detectors"].values())
+    noisy = r["perturbed"]["noise:100"]["conv3"]  # noise 50× the images' range
+    assert noisy["detectors"] < base["detectors"] and noisy["unique"] <= noisy["detectors"]
+    assert noisy["original_detectors"].keys() == same["original_detectors"].keys()
+    assert all(d["after"] < d["before"] for d in noisy["original_detectors"].values())
+    turned = r["perturbed"]["rotate:90"]["conv3"]  # labels turn with the images
+    assert all(0 <= d["after"] <= 1 for d in turned["original_detectors"].values())
 
 
 def test_rotation_matrix_and_identity_basis():
