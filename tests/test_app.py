@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ganpaint.dissect import dissect
+from ganpaint.dissect import dissect, upsampled
 from ganpaint.paintapp import CANVAS, VIEW, PaintApp, Session
-from tests.test_dissect import source
+from tests.toy import source
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,20 @@ def test_sessions_are_independent(app):
 def test_units_and_ablation_views(app):
     items, table = app.unit_gallery(app.concepts[0], top=3)
     assert len(items) == len(table) <= 3 and items[0][0].shape[0] == 96
-    assert app.unit_concepts(0)[0][0] in app.concepts + ["dark", "mid", "bright", "red"]
+    # each unit's concepts are its IoUs, highest first, computed here from scratch: the unit's
+    # mask (its upsampled map above its level) against each concept's pixels, 48 samples
+    src = source()
+    layer, stats = app.painter.layer, app.dissection["layers"][app.painter.layer]["unit_stats"]
+    acts, labels, _ = src.batch(list(range(48)), [layer])
+    maps = upsampled(acts[layer], labels.shape[-1])
+    for unit in (0, 3, 7):
+        above = maps[:, unit] > stats[unit]["level"]
+        exact = {c: ((above & (labels == i)).sum() / (above | (labels == i)).sum()).item()
+                 for i, c in enumerate(src.concepts)}
+        rows = app.unit_concepts(unit)
+        ious = [v for _, v in rows]
+        assert ious == sorted(ious, reverse=True) and ious[0] == pytest.approx(max(exact.values()), abs=0.005)
+        assert all(v == pytest.approx(exact[c], abs=0.005) for c, v in rows), (unit, rows, exact)
     with pytest.raises(ValueError):
         app.unit_concepts(999)
     before, after = app.ablate_view(app.concepts[0], 8, 0)

@@ -31,6 +31,7 @@ def test_decoy_correlates_but_does_not_draw(gen):
     assert bright_after_removing(gen, [0, 1]) < bright_after_removing(gen, []) - 0.1
 
 
+@pytest.mark.slow
 def test_learned_ranking_puts_drawing_units_first(gen):
     r = causal.learn(gen, SoftSegmenter(), "layer1", "bright", samples=64, steps=150,
                      batch_size=8, progress=False)

@@ -4,13 +4,13 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 from ganpaint.classifier import CATEGORIES, category
 from ganpaint.labels import INDEX
 from ganpaint.sources import ProbeSource
-from tests.test_dissect import ROOT
-from tests.toy import tiny_classifier
+from tests.toy import ROOT, tiny_classifier
 
 
 def lab(**fractions):
@@ -42,6 +42,7 @@ def test_probe_source_is_deterministic_and_exact():
     assert torch.allclose(again["conv3"][0], acts["conv3"][1], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_classifier_dissection_cli(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-m", "ganpaint", "dissect", "--classifier",

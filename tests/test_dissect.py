@@ -2,23 +2,12 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from ganpaint.dissect import dissect, upsampled
-from ganpaint.generator import Generator
-from ganpaint.sources import GeneratorSource
-from tests.toy import ToySegmenter, tiny_generator
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def source(seed=0):
-    g = tiny_generator()
-    return GeneratorSource(Generator(g, g.z_dim, "tests.toy:tiny_generator"), ToySegmenter(), seed,
-                           segmenter_id="tests.toy:toy_segmenter")
+from tests.toy import ROOT, source
 
 
 def run(out, src=None, **kw):
@@ -116,6 +105,7 @@ def _cli(out, nproc=None, timeout=300):
                           text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_equals_one(tmp_path):
     one = _cli(tmp_path / "one")
     assert one.returncode == 0, one.stderr
@@ -152,6 +142,7 @@ def test_report_files(tmp_path):
     assert (out / "images" / "layer4" / "detectors.png").exists()
 
 
+@pytest.mark.slow
 def test_custom_model_args_and_rank_cli(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     base = [sys.executable, "-m", "ganpaint"]

@@ -4,7 +4,6 @@ import torch
 
 from ganpaint import experiments
 from ganpaint.evaluate import frechet
-from tests.test_intervene import painter  # noqa: F401  (module fixture)
 from tests.toy import ToySegmenter
 
 
@@ -58,6 +57,7 @@ class _RenderGenerator:
         return (x + self.noise * torch.randn(x.shape, generator=g)).clamp(-1, 1)
 
 
+@pytest.mark.slow
 def test_eval_gan_judges_with_segmenter_and_an_independent_network():
     from ganpaint.classifier import features, load_classifier
     from ganpaint.evaluate import check_bars, eval_gan

@@ -1,18 +1,8 @@
 import pytest
 import torch
 
-from ganpaint.dissect import dissect
 from ganpaint.intervene import Painter, Stroke, apply_strokes, pool_mask
 from ganpaint.labels import UnknownNameError
-from tests.test_dissect import source
-
-
-@pytest.fixture(scope="module")
-def painter(tmp_path_factory):
-    src = source()
-    d = dissect(src, ["layer4"], tmp_path_factory.mktemp("d"), samples=48, batch_size=16,
-                progress=False, report=False, log=lambda *a: None)
-    return Painter(src.generator, d, "layer4")
 
 
 def z(p, n=2):

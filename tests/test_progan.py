@@ -51,6 +51,7 @@ def test_all_layers_hookable_with_right_shapes(model, tmp_path, sd):
     assert g.can_split("layer4")
 
 
+@pytest.mark.slow
 def test_old_keys_and_wrapped_dicts(sd, model):
     old = {}
     for k, v in sd.items():

@@ -1,4 +1,5 @@
 """Training resumes from its checkpoint and continues exactly as an unbroken run would."""
+import pytest
 import torch
 
 from ganpaint import checkpoint, scenegan, train_segmenter
@@ -9,6 +10,7 @@ def quiet(*a):
     pass
 
 
+@pytest.mark.slow
 def test_gan_resume_equals_unbroken_run(tmp_path):
     scenegan.train(tmp_path / "a", tmp_path / "a.pt", steps=3, batch_size=4, device="cpu", log=quiet)
     scenegan.train(tmp_path / "b", tmp_path / "b.pt", steps=2, batch_size=4, device="cpu", log=quiet)
@@ -39,6 +41,7 @@ def test_semantic_discriminator_learns_heads_only_and_passes_gradients_to_the_im
         assert torch.equal(v, before[k]), k
 
 
+@pytest.mark.slow
 def test_gan_run_from_an_older_recipe_resumes_with_a_fresh_semantic_discriminator(tmp_path):
     logs = []
     scenegan.train(tmp_path / "r", tmp_path / "r.pt", steps=1, batch_size=4, semantic=False, log=quiet)
@@ -49,6 +52,7 @@ def test_gan_run_from_an_older_recipe_resumes_with_a_fresh_semantic_discriminato
     assert any("d_sem" in m and "starts fresh" in m for m in logs)
 
 
+@pytest.mark.slow
 def test_segmenter_resume_after_interruption(tmp_path, monkeypatch):
     train_segmenter.train(tmp_path / "a", tmp_path / "a.pt", steps=3, batch_size=4, log=quiet)
     real, calls = train_segmenter.degrade, []

@@ -1,10 +1,14 @@
-"""A tiny generator and segmenter for tests, loaded through the import-path flags."""
+"""A tiny generator and segmenter for tests, loaded through the import-path flags; and the
+helpers tests share (`ROOT`, `source`). Shared fixtures are in conftest.py."""
 from collections import OrderedDict
+from pathlib import Path
 
 import torch
 
 from ganpaint.progan import ProGAN
 from ganpaint.segmenter import Segmenter
+
+ROOT = Path(__file__).resolve().parent.parent  # the checkout: subprocess tests run from it
 
 
 def tiny_generator(width=8, seed=0):
@@ -158,3 +162,13 @@ class OutsideIgnoreSegmenter(ToySegmenter):
 
 def outside_ignore_segmenter():
     return OutsideIgnoreSegmenter()
+
+
+def source(seed=0):
+    """The tiny generator with the toy segmenter as a dissection source (the ids it records
+    are import paths into this module)."""
+    from ganpaint.generator import Generator
+    from ganpaint.sources import GeneratorSource
+    g = tiny_generator()
+    return GeneratorSource(Generator(g, g.z_dim, "tests.toy:tiny_generator"), ToySegmenter(), seed,
+                           segmenter_id="tests.toy:toy_segmenter")
