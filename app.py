@@ -40,7 +40,7 @@ def serve(a):
     from ganpaint import registry
     from ganpaint.checkpoint import CheckpointError
     from ganpaint.dissect import load_dissection
-    from ganpaint.paintapp import CSS, MAX_UPLOAD, PaintApp, build_demo
+    from ganpaint.paintapp import CSS, HEAD, MAX_UPLOAD, PaintApp, build_demo
 
     root = Path(__file__).resolve().parent
     ddir = Path(a.dissection)
@@ -59,7 +59,7 @@ def serve(a):
     demo = build_demo(app, ddir / "experiments")
     demo.queue(default_concurrency_limit=2)
     demo.launch(server_name=a.host, server_port=a.port, share=False, footer_links=[], css=CSS,
-                max_file_size=MAX_UPLOAD)
+                head=HEAD, max_file_size=MAX_UPLOAD)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import shutil
 import tempfile
 import threading
 from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .intervene import Painter, Stroke
+from .intervene import Painter, Stroke, apply_strokes
 from .ranking import best_ranking, concept_table, rank_units, top_units
 from .scenes import to_uint8_images
 
@@ -42,7 +43,22 @@ STRENGTHS = {"low (4 units)": 4, "medium (10 units)": 10, "high (20 units)": 20}
 MAX_UPLOAD = "8mb"
 MAX_LAYER = 4096
 KEEP_FILES = 64  # download PNGs kept in out_dir; older ones are deleted (Gradio serves a copy)
-DELETE_CACHE = (900, 1800)  # Gradio's cached copies: every 15 min, drop those over 30 min old
+DELETE_CACHE = (900, 1800)
+CONCURRENCY = 16  # renders let in at once (one concurrency group): the batcher gathers them
+# Ctrl+Z / ⌘Z undoes the last applied stroke (outside text fields, whose own undo is kept): the
+# browser's default would edit the focused box; the editor's own undo would only erase an
+# unapplied brush layer.
+HEAD = """<script>
+document.addEventListener("keydown", (e) => {
+  if (!(e.ctrlKey || e.metaKey) || e.shiftKey || e.altKey || e.key.toLowerCase() !== "z") return;
+  const t = e.target;
+  if (t && (t.tagName === "TEXTAREA" || (t.tagName === "INPUT" && t.type === "text"))) return;
+  const b = document.querySelector("#undo");
+  if (!b) return;
+  e.preventDefault(); e.stopPropagation();
+  b.click();
+}, true);
+</script>"""  # Gradio's cached copies: every 15 min, drop those over 30 min old
 
 
 def guard(fn):
@@ -70,11 +86,58 @@ def guard(fn):
     return run
 
 
+class Batcher:
+    """Gathers the renders asked for at the same moment (by concurrent sessions) into one
+    generator call: a request waits up to `window` seconds for others, at most `max_batch` go
+    together. A batch that fails is rendered job by job, so one bad request fails alone."""
+
+    def __init__(self, app, window: float = 0.005, max_batch: int = 16):
+        self.app, self.window, self.max_batch = app, window, max_batch
+        self.queue: deque = deque()
+        self.cv = threading.Condition()
+        self.thread: threading.Thread | None = None
+        self.sizes: list = []  # batch sizes rendered (the last 1000)
+
+    def render(self, seed: int, strokes) -> np.ndarray:
+        f: Future = Future()
+        with self.cv:
+            self.queue.append((int(seed), list(strokes), f))
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self.run, name="ganpaint-batcher", daemon=True)
+                self.thread.start()
+            self.cv.notify()
+        return f.result()
+
+    def run(self):
+        import time
+        while True:
+            with self.cv:
+                while not self.queue:
+                    self.cv.wait()
+                deadline = time.monotonic() + self.window
+                while len(self.queue) < self.max_batch and time.monotonic() < deadline:
+                    self.cv.wait(max(0.0, deadline - time.monotonic()))
+                jobs = [self.queue.popleft() for _ in range(min(len(self.queue), self.max_batch))]
+            self.sizes = (self.sizes + [len(jobs)])[-1000:]
+            try:
+                imgs = self.app.render_batch([(s, st) for s, st, _ in jobs])
+                for (_, _, f), img in zip(jobs, imgs):
+                    f.set_result(img)
+            except Exception:
+                for s, st, f in jobs:
+                    try:
+                        f.set_result(self.app.render_batch([(s, st)])[0])
+                    except Exception as e:
+                        f.set_exception(e)
+
+
 @dataclass
 class Session:
     seed: int = 0
     strokes: list = field(default_factory=list)  # dicts: concept, action, units, boost, mask
     grid: bool = False  # feature grid drawn over the brush canvas
+    compare: bool = False  # before/after view shown
+    labels: bool = False  # ... with the segmentation of both
 
 
 class PaintApp:
@@ -85,6 +148,8 @@ class PaintApp:
         self.segmenter = segmenter
         self.dissection = dissection
         self.lock = threading.Lock()  # one generator call at a time across sessions
+        self.batcher = Batcher(self)  # concurrent renders are gathered into one generator call
+        self.strips: dict = {}  # unit → its top-activating scenes, outlined (the Units tab)
         self.out_dir = Path(out_dir or tempfile.mkdtemp(prefix="ganpaint-"))
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if out_dir is None:  # ours: gone when the server stops
@@ -130,10 +195,66 @@ class PaintApp:
         return out
 
     def image(self, session: Session) -> np.ndarray:
-        """The session's scene with its strokes, at the model's resolution (uint8 HxWx3)."""
+        """The session's scene with its strokes, at the model's resolution (uint8 HxWx3):
+        rendered by the batcher, together with other sessions' requests of the same moment."""
+        return self.batcher.render(session.seed, self.strokes(session))
+
+    def render_batch(self, jobs) -> list[np.ndarray]:
+        """[(seed, [Stroke])] → their images, in one generator pass after the painting layer
+        (each latent's painting-layer features come from the painter's cache); a generator that
+        cannot be split there renders each job alone."""
+        p = self.painter
         with self.lock:
-            x = self.painter.render(self.latent(session.seed), self.strokes(session))
-        return to_uint8_images(x)[0]
+            if p.generator.can_split(p.layer):
+                feats = [apply_strokes(p.features(self.latent(seed)), strokes) for seed, strokes in jobs]
+                with torch.no_grad():
+                    x = p.generator.forward_from(p.layer, torch.cat(feats))
+            else:
+                x = torch.cat([p.render(self.latent(seed), strokes) for seed, strokes in jobs])
+        return list(to_uint8_images(x))
+
+    def segmentation(self, img: np.ndarray) -> np.ndarray:
+        """The segmenter's label map of a (H, W, 3) uint8 scene, coloured as assets/labels.json."""
+        from .labels import colorize
+        if getattr(self, "seg_colors", None) is None:  # by name: any segmenter's label order
+            from .labels import COLORS, lookup
+            def color(name):
+                try:
+                    return COLORS[lookup(name)]
+                except KeyError:
+                    return np.array((128, 128, 128), np.uint8)
+            self.seg_colors = np.stack([color(c) for c in self.segmenter.concepts]).astype(np.uint8)
+        x = torch.from_numpy(img.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
+        with self.lock:
+            lab = self.segmenter.segment(x)[0].cpu().numpy()
+        return colorize(lab, self.seg_colors), lab
+
+    def compare_view(self, session: Session, img: np.ndarray | None = None) -> np.ndarray:
+        """The original scene beside the edited one (VIEW/2 px each), with, when the session
+        asks and there is a segmenter, the segmentation of both below and a legend."""
+        from PIL import ImageDraw
+        img = self.image(session) if img is None else img
+        orig = self.image(replace(session, strokes=[])) if session.strokes else img
+        half = VIEW // 2
+        rows = [np.concatenate([self.view(orig, half), self.view(img, half)], 1)]
+        present = []
+        if session.labels and self.segmenter is not None:
+            (ca, la), (cb, lb) = self.segmentation(orig), self.segmentation(img)
+            near = lambda c: np.asarray(Image.fromarray(c).resize((half, half), Image.NEAREST))  # noqa: E731
+            rows.append(np.concatenate([near(ca), near(cb)], 1))
+            present = sorted(set(np.unique(la)) | set(np.unique(lb)))
+        out = np.concatenate(rows, 0)
+        band = Image.new("RGB", (VIEW, 20 + 18 * ((len(present) + 3) // 4)), (255, 255, 255))
+        d = ImageDraw.Draw(band)
+        d.text((4, 4), "original", fill=(0, 0, 0))
+        d.text((half + 4, 4), f"edited ({len(session.strokes)} strokes)", fill=(0, 0, 0))
+        if present:
+            for k, c in enumerate(present):
+                x, y = 4 + (k % 4) * (VIEW // 4), 20 + 18 * (k // 4)
+                d.rectangle((x, y + 2, x + 12, y + 14), fill=tuple(int(v) for v in self.seg_colors[c]),
+                            outline=(0, 0, 0))
+                d.text((x + 16, y + 3), self.segmenter.concepts[c], fill=(0, 0, 0))
+        return np.concatenate([np.asarray(band)[:20], out, np.asarray(band)[20:]], 0)
 
     @staticmethod
     def view(img: np.ndarray, size=VIEW) -> np.ndarray:
@@ -184,10 +305,14 @@ class PaintApp:
         editor = {"background": self.grid_lines(canvas) if session.grid else canvas,
                   "layers": [], "composite": None}
         view = self.view(img)
-        return editor, session, self.grid_overlay(view, session), self.save(view, session), message
+        compare = self.compare_view(session, img) if session.compare else None
+        return (editor, session, self.grid_overlay(view, session), self.save(view, session),
+                compare, message)
 
     def new_scene(self, seed, session: Session | None = None):
-        session = Session(seed=int(seed) if seed is not None else 0, grid=bool(session and session.grid))
+        old = session or Session()
+        session = Session(seed=int(seed) if seed is not None else 0, grid=old.grid,
+                          compare=old.compare, labels=old.labels)
         return self.outputs(session, f"scene {session.seed}: paint on it")
 
     def random_scene(self, session: Session | None = None):
@@ -223,9 +348,47 @@ class PaintApp:
         stroke = {"concept": concept, "action": "remove" if action.startswith("remove") else "draw",
                   "units": int(units), "boost": float(boost), "mask": mask}
         self.painter.stroke(concept, mask, stroke["action"], stroke["units"])  # validates
+        stroke["rows"] = self.switched(concept, stroke["units"])
         session = replace(session, strokes=session.strokes + [stroke])
         return self.outputs(session, f"{stroke['action']} {concept} with {units} units "
-                                     f"({len(session.strokes)} strokes)")
+                                     f"({len(session.strokes)} strokes): {self.unit_list(stroke)}")
+
+    def switched(self, concept: str, n: int) -> list[dict]:
+        """[{rank, unit, iou, level, alpha?}]: the units a stroke of `concept` switches, in the
+        painter's ranking (the local causal one when learned)."""
+        from .ranking import rank_units
+        return rank_units(self.dissection, concept, self.painter.layer, int(n),
+                          self.painter.ranking(concept))
+
+    def unit_list(self, stroke: dict) -> str:
+        """'units 12 (#1, α 0.31), ...' for the status line."""
+        by = self.painter.ranking(stroke["concept"])
+        what = lambda r: (f"α {r['alpha']:.2f}" if "alpha" in r else f"IoU {r['iou']:.3f}")  # noqa: E731
+        return (f"units ({by} ranking) " +
+                ", ".join(f"{r['unit']} (#{r['rank']}, {what(r)})" for r in stroke["rows"]))
+
+    def stroke_on_release(self, editor, session: Session, concept: str, action: str,
+                          strength: str, boost: float):
+        """The editor's input event (it fires when a brush stroke ends, and also when the server
+        replaces the canvas): paint if there is a stroke; otherwise change nothing, so replacing
+        the canvas does not trigger another reply (no feedback loop)."""
+        if self.brush_mask(editor) is None:
+            import gradio as gr
+            return tuple(gr.skip() for _ in range(6))  # one per output of `outputs`
+        return self.paint(editor, session, concept, action, strength, boost)
+
+    def clear(self, session: Session):
+        """The canvas's trash icon: put the scene (with its strokes) back on the canvas."""
+        session = session or Session()
+        return self.outputs(session, f"canvas restored (scene {session.seed}, "
+                                     f"{len(session.strokes)} strokes; undo removes strokes)")
+
+    def set_compare(self, compare: bool, labels: bool, session: Session):
+        """Show (or hide) the original scene beside the edited one, and their segmentation."""
+        labels = bool(labels) and self.segmenter is not None
+        session = replace(session or Session(), compare=bool(compare), labels=labels)
+        what = "before/after " + ("with segmentation " if labels else "") + "shown" if compare else "before/after hidden"
+        return self.outputs(session, what)
 
     def undo(self, session: Session):
         session = session or Session()
@@ -244,20 +407,62 @@ class PaintApp:
         return self.outputs(session, f"feature grid on the canvas {'shown' if show else 'hidden'}")
 
     # -- units and ablation tabs -----------------------------------------------------------
-    def unit_gallery(self, concept: str, top: int = 12):
-        """[(strip image, caption)] for the concept's best units, plus a table of them."""
+    def unit_strips(self, units) -> dict:
+        """{unit: strip of its 4 top-activating scenes, the region above its level outlined},
+        drawn once per unit and kept."""
         from .report import unit_strips
         from .sources import GeneratorSource
-        by = best_ranking(self.dissection, concept, self.painter.layer)
-        rows = rank_units(self.dissection, concept, self.painter.layer, top, by)
-        src = GeneratorSource(self.painter.generator, None, self.dissection.get("seed", 0))
-        with self.lock:
-            strips = unit_strips(self.dissection, src, self.painter.layer, [r["unit"] for r in rows], n=4)
-        alpha = lambda r: f" · causal α {r['alpha']:.2f}" if "alpha" in r else ""  # noqa: E731
-        items = [(strips[r["unit"]], f"unit {r['unit']} · IoU {r['iou']:.3f}{alpha(r)}") for r in rows]
+        todo = [u for u in units if u not in self.strips]
+        if todo:
+            src = GeneratorSource(self.painter.generator, None, self.dissection.get("seed", 0))
+            with self.lock:
+                self.strips.update(unit_strips(self.dissection, src, self.painter.layer, todo, n=4))
+        return {u: self.strips[u] for u in units}
+
+    def gallery(self, rows, concept: str):
+        """[(strip, caption)], table rows and unit ids for ranked rows of `concept`'s units."""
+        strips = self.unit_strips([r["unit"] for r in rows])
+        stats = self.dissection["layers"][self.painter.layer]["unit_stats"]
+        def caption(r):
+            label, iou = stats[r["unit"]]["top"][0] if stats[r["unit"]].get("top") else ("?", 0.0)
+            alpha = f" · α {r['alpha']:.2f}" if "alpha" in r else ""
+            return (f"#{r['rank']} unit {r['unit']} · {concept} IoU {r['iou']:.3f}{alpha} · "
+                    f"label {label} ({iou:.2f})")
+        items = [(strips[r["unit"]], caption(r)) for r in rows]
         table = [[r["rank"], r["unit"], round(r["iou"], 4), round(r["level"], 3), r.get("alpha", "")]
                  for r in rows]
+        return items, table, [r["unit"] for r in rows]
+
+    def unit_gallery(self, concept: str, top: int = 12):
+        """[(strip image, caption)] for the concept's best units, plus a table of them."""
+        by = best_ranking(self.dissection, concept, self.painter.layer)
+        rows = rank_units(self.dissection, concept, self.painter.layer, top, by)
+        items, table, _ = self.gallery(rows, concept)
         return items, table
+
+    def units_tab(self, session: Session, concept: str, top: int = 12):
+        """What the Units tab shows when opened: the units the session's last stroke switched
+        (its concept chosen), else the chosen concept's top units. Returns (concept, heading,
+        gallery items, table, unit ids)."""
+        last = (session.strokes[-1] if session and session.strokes else None)
+        if last is not None and last.get("rows"):
+            concept = last["concept"]
+            items, table, units = self.gallery(last["rows"], concept)
+            head = (f"**Your last stroke** ({last['action']} {concept}) switched these "
+                    f"{len(units)} units, in the {self.painter.ranking(concept)} ranking. "
+                    "Click a unit for its best concepts; choose a concept for its top units.")
+            return concept, head, items, table, units
+        return (concept, *self.concept_units(concept, top))
+
+    def concept_units(self, concept: str, top: int = 12):
+        """(heading, gallery items, table, unit ids) of `concept`'s top units."""
+        by = best_ranking(self.dissection, concept, self.painter.layer)
+        rows = rank_units(self.dissection, concept, self.painter.layer, top, by)
+        items, table, units = self.gallery(rows, concept)
+        head = (f"The top {len(units)} **{concept}** units by {by} ranking: each with its top-"
+                "activating scenes, the region above the unit's level outlined. Click a unit for "
+                "its best concepts.")
+        return head, items, table, units
 
     def unit_concepts(self, unit: int):
         stats = self.dissection["layers"][self.painter.layer]["unit_stats"]
@@ -288,76 +493,115 @@ def build_demo(app: PaintApp, curves_dir: Path | None = None):
         gr.Markdown("# ganpaint — paint with the units of a GAN\n"
                     f"Model `{app.dissection['model']}`, layer `{app.painter.layer}` "
                     f"({app.units} units on a {app.grid[0]}×{app.grid[1]} grid: each brush stroke "
-                    "acts on whole grid cells).")
-        with gr.Tab("Paint"):
-            with gr.Row():
-                with gr.Column(scale=3):
-                    editor = gr.ImageEditor(
-                        value=None, type="numpy", label="scene (paint here)", height=VIEW + 80,
-                        width=VIEW, canvas_size=(CANVAS, CANVAS), fixed_canvas=True, sources=(),
-                        brush=gr.Brush(default_size=12, colors=["#ff3090"], color_mode="fixed"),
-                        layers=False, transforms=(), elem_id="canvas")
-                with gr.Column(scale=2):
-                    concept = gr.Dropdown(concepts, value=default, label="concept", elem_id="concept")
-                    action = gr.Radio(["draw", "remove"], value="draw", label="action", elem_id="action")
-                    strength = gr.Radio(list(STRENGTHS), value="medium (10 units)", label="strength",
-                                        elem_id="strength")
-                    show_grid = gr.Checkbox(False, label="show the feature grid on the canvas",
-                                            elem_id="showgrid")
-                    boost = gr.Slider(0.5, 3.0, value=1.0, step=0.1, label="boost (× the 99th-percentile level)")
-                    apply_btn = gr.Button("apply stroke", variant="primary", elem_id="apply")
-                    with gr.Row():
-                        undo_btn = gr.Button("undo", elem_id="undo")
-                        reset_btn = gr.Button("reset", elem_id="reset")
-                    with gr.Row():
-                        seed = gr.Number(value=app.first_seed(), precision=0, label="seed",
-                                         elem_id="seed")
-                        load_btn = gr.Button("load seed", elem_id="load")
-                        rand_btn = gr.Button("new scene", elem_id="random")
-                    status = gr.Textbox(label="status", interactive=False, elem_id="status")
-                    grid_view = gr.Image(label="feature cells touched (grid of the painting layer)",
-                                         interactive=False, height=256, elem_id="grid")
-                    download = gr.File(label="download the edited scene", elem_id="download")
-            outs = [editor, session, grid_view, download, status]
-            load_btn.click(guard(app.new_scene), [seed, session], outs, concurrency_limit=2)
-            rand_btn.click(guard(app.random_scene), [session], outs + [seed], concurrency_limit=2)
-            apply_btn.click(guard(app.paint), [editor, session, concept, action, strength, boost], outs,
-                            concurrency_limit=2)
-            undo_btn.click(guard(app.undo), [session], outs, concurrency_limit=2)
-            show_grid.change(guard(app.show_grid), [show_grid, session], outs, concurrency_limit=2)
-            reset_btn.click(guard(app.reset), [session], outs, concurrency_limit=2)
+                    "acts on whole grid cells). Brush over the scene: the stroke applies when you "
+                    "release the mouse. **Ctrl+Z** (or ⌘Z) or the undo button undoes the last stroke.")
+        with gr.Tabs() as tabs:
+            with gr.Tab("Paint", id="paint"):
+                with gr.Row():
+                    with gr.Column(scale=3):
+                        editor = gr.ImageEditor(
+                            value=None, type="numpy", label="scene (paint here: a stroke applies on release)",
+                            height=VIEW + 80, width=VIEW, canvas_size=(CANVAS, CANVAS), fixed_canvas=True,
+                            sources=(), brush=gr.Brush(default_size=12, colors=["#ff3090"], color_mode="fixed"),
+                            layers=False, transforms=(), elem_id="canvas")
+                        compare_img = gr.Image(label="before / after", interactive=False,
+                                               visible=False, elem_id="compare", format="png")
+                    with gr.Column(scale=2):
+                        concept = gr.Dropdown(concepts, value=default, label="concept", elem_id="concept")
+                        action = gr.Radio(["draw", "remove"], value="draw", label="action", elem_id="action")
+                        strength = gr.Radio(list(STRENGTHS), value="medium (10 units)", label="strength",
+                                            elem_id="strength")
+                        boost = gr.Slider(0.5, 3.0, value=1.0, step=0.1,
+                                          label="boost (× the 99th-percentile level)")
+                        with gr.Row():
+                            undo_btn = gr.Button("undo (Ctrl+Z)", elem_id="undo")
+                            reset_btn = gr.Button("reset", elem_id="reset")
+                            apply_btn = gr.Button("apply stroke again", size="sm", elem_id="apply")
+                        with gr.Row():
+                            compare = gr.Checkbox(False, label="before / after", elem_id="compare_on")
+                            seg_note = ("" if app.segmenter is not None else
+                                        " (no segmenter loaded: unavailable)")
+                            labels = gr.Checkbox(False, label="with segmentation" + seg_note,
+                                                 interactive=app.segmenter is not None,
+                                                 elem_id="labels_on")
+                            show_grid = gr.Checkbox(False, label="feature grid on the canvas",
+                                                    elem_id="showgrid")
+                        with gr.Row():
+                            seed = gr.Number(value=app.first_seed(), precision=0, label="seed",
+                                             elem_id="seed")
+                            load_btn = gr.Button("load seed", elem_id="load")
+                            rand_btn = gr.Button("new scene", elem_id="random")
+                        status = gr.Textbox(label="status", interactive=False, elem_id="status", lines=3)
+                        grid_view = gr.Image(label="feature cells touched (grid of the painting layer)",
+                                             interactive=False, height=256, elem_id="grid")
+                        download = gr.File(label="download the edited scene", elem_id="download")
+            outs = [editor, session, grid_view, download, compare_img, status]
+            paint_in = [editor, session, concept, action, strength, boost]
+            kw = dict(concurrency_limit=CONCURRENCY, concurrency_id="render")
+            load_btn.click(guard(app.new_scene), [seed, session], outs, **kw)
+            rand_btn.click(guard(app.random_scene), [session], outs + [seed], **kw)
+            # a stroke applies on release: the editor's input event fires when a stroke ends
+            editor.input(guard(app.stroke_on_release), paint_in, outs, show_progress="hidden",
+                         trigger_mode="always_last", **kw)
+            apply_btn.click(guard(app.paint), paint_in, outs, **kw)
+            undo_btn.click(guard(app.undo), [session], outs, **kw)
+            reset_btn.click(guard(app.reset), [session], outs, **kw)
+            editor.clear(guard(app.clear), [session], outs, **kw)
+            show_grid.change(guard(app.show_grid), [show_grid, session], outs, **kw)
+            def show_compare(on):
+                return gr.update(visible=bool(on))
+            compare.change(guard(show_compare), [compare], [compare_img], queue=False)
+            compare.change(guard(app.set_compare), [compare, labels, session], outs, **kw)
+            labels.change(guard(app.set_compare), [compare, labels, session], outs, **kw)
             demo.load(guard(app.new_scene), [seed, session], outs)
-        with gr.Tab("Units"):
-            with gr.Row():
-                u_concept = gr.Dropdown(concepts, value=default, label="concept")
-                u_show = gr.Button("show units")
-            gallery = gr.Gallery(label="top units: their top-activating scenes, region above the level outlined",
-                                 columns=2, height=600)
-            u_table = gr.Dataframe(headers=["rank", "unit", "IoU", "level", "causal α"],
-                                   label="ranking (by causal effect when learned, else by IoU)")
-            with gr.Row():
-                u_unit = gr.Number(value=0, precision=0, label="unit")
-                u_btn = gr.Button("best concepts of this unit")
-            u_best = gr.Dataframe(headers=["concept", "IoU"], label="best concepts")
-            def show_units(c, progress=gr.Progress()):
-                progress(0.1, desc=f"drawing the top {c} units' best scenes")
-                return app.unit_gallery(c)
-            u_show.click(guard(show_units), [u_concept], [gallery, u_table])
-            u_btn.click(guard(app.unit_concepts), [u_unit], [u_best])
-        with gr.Tab("Ablation"):
-            with gr.Row():
-                a_concept = gr.Dropdown(concepts, value=default, label="concept")
-                a_k = gr.Slider(0, 40, value=20, step=1, label="k units ablated")
-                a_seed = gr.Number(value=0, precision=0, label="first seed")
-                a_btn = gr.Button("ablate")
-            a_before = gr.Image(label="before", interactive=False)
-            a_after = gr.Image(label="after ablating the top-k units everywhere", interactive=False)
-            curve = gr.Image(label="ablation curve (from `ganpaint ablate`)", interactive=False)
+            with gr.Tab("Units", id="units") as units_tab:
+                u_head = gr.Markdown(elem_id="units_head")
+                u_concept = gr.Dropdown(concepts, value=default, label="concept", elem_id="u_concept")
+                u_units = gr.State([])
+                gallery = gr.Gallery(label="units: top-activating scenes, region above the unit's level "
+                                     "outlined (click one)", columns=3, height="auto", object_fit="contain",
+                                     elem_id="units_gallery", allow_preview=False)
+                with gr.Row():
+                    u_table = gr.Dataframe(headers=["rank", "unit", "IoU", "level", "causal α"],
+                                           label="ranking (by causal effect when learned, else by IoU)")
+                    with gr.Column():
+                        with gr.Row():
+                            u_unit = gr.Number(value=0, precision=0, label="unit", elem_id="u_unit")
+                            u_btn = gr.Button("best concepts of this unit")
+                        u_best = gr.Dataframe(headers=["concept", "IoU"], label="best concepts",
+                                              elem_id="u_best")
 
-            def ablate(c, k, s, progress=gr.Progress()):
-                progress(0.1, desc=f"regenerating without the top {int(k)} {c} units")
-                before, after = app.ablate_view(c, k, s)
-                path = curves_dir / f"ablate_{c}.png" if curves_dir else None
-                return before, after, (str(path) if path and path.exists() else None)
-            a_btn.click(guard(ablate), [a_concept, a_k, a_seed], [a_before, a_after, curve])
+            def open_units(sess, c, progress=gr.Progress()):
+                progress(0.1, desc="drawing the units' top-activating scenes")
+                return app.units_tab(sess, c)
+
+            def concept_units(c, progress=gr.Progress()):
+                progress(0.1, desc=f"drawing the top {c} units' best scenes")
+                return app.concept_units(c)
+
+            def pick_unit(units, evt: gr.SelectData):
+                unit = int(units[evt.index])
+                return unit, app.unit_concepts(unit)
+            pick_unit.__annotations__["evt"] = gr.SelectData  # resolved here, not as a string
+            unit_outs = [u_head, gallery, u_table, u_units]
+            units_tab.select(guard(open_units), [session, u_concept], [u_concept] + unit_outs)
+            u_concept.input(guard(concept_units), [u_concept], unit_outs)
+            gallery.select(guard(pick_unit), [u_units], [u_unit, u_best])
+            u_btn.click(guard(app.unit_concepts), [u_unit], [u_best])
+            with gr.Tab("Ablation", id="ablation"):
+                with gr.Row():
+                    a_concept = gr.Dropdown(concepts, value=default, label="concept")
+                    a_k = gr.Slider(0, 40, value=20, step=1, label="k units ablated")
+                    a_seed = gr.Number(value=0, precision=0, label="first seed")
+                    a_btn = gr.Button("ablate")
+                a_before = gr.Image(label="before", interactive=False)
+                a_after = gr.Image(label="after ablating the top-k units everywhere", interactive=False)
+                curve = gr.Image(label="ablation curve (from `ganpaint ablate`)", interactive=False)
+
+                def ablate(c, k, s, progress=gr.Progress()):
+                    progress(0.1, desc=f"regenerating without the top {int(k)} {c} units")
+                    before, after = app.ablate_view(c, k, s)
+                    path = curves_dir / f"ablate_{c}.png" if curves_dir else None
+                    return before, after, (str(path) if path and path.exists() else None)
+                a_btn.click(guard(ablate), [a_concept, a_k, a_seed], [a_before, a_after, curve])
     return demo

@@ -23,10 +23,11 @@ def stroke_layer(y0, y1, x0, x1):
 
 
 def test_new_scene(app):
-    editor, session, grid, path, msg = app.new_scene(3)
+    editor, session, grid, path, compare, msg = app.new_scene(3)
     assert editor["background"].shape == (CANVAS, CANVAS, 3) and editor["composite"] is None
     assert session.seed == 3 and session.strokes == []
     assert grid.shape == (VIEW, VIEW, 3) and path.endswith(".png")
+    assert compare is None  # before/after off until asked
 
 
 def test_paint_changes_inside_and_undo_restores(app):
@@ -85,10 +86,10 @@ def test_units_and_ablation_views(app):
 
 
 def test_grid_toggle_draws_on_the_canvas_only_and_keeps_the_edit(app):
-    editor, session, _, path, _ = app.new_scene(7)
+    editor, session, _, path, _, _ = app.new_scene(7)
     painted = {**editor, "layers": [stroke_layer(0, CANVAS // 8, 0, CANVAS // 8)]}
-    ed, s1, _, path1, _ = app.paint(painted, session, app.concepts[0], "remove", "high (20 units)", 1.0)
-    ed_grid, s2, _, path2, msg = app.show_grid(True, s1)
+    ed, s1, _, path1, _, _ = app.paint(painted, session, app.concepts[0], "remove", "high (20 units)", 1.0)
+    ed_grid, s2, _, path2, _, msg = app.show_grid(True, s1)
     assert s2.grid and s2.strokes == s1.strokes and not s1.grid and "shown" in msg
     step = CANVAS // 8
     lines = np.abs(ed_grid["background"].astype(int) - ed["background"].astype(int)).sum(-1)
@@ -157,3 +158,122 @@ def test_the_app_opens_on_a_scene_with_a_building_and_a_tree():
     assert share(lab[first], "building") >= 0.10 and share(lab[first], "tree") >= 0.04
     assert all(share(l, "building") < 0.10 or share(l, "tree") < 0.04 for l in lab[:first])
     assert PaintApp(app.painter.generator, app.dissection).first_seed() == 0  # no segmenter
+
+
+def test_a_stroke_applies_on_release_and_replacing_the_canvas_is_no_new_stroke(app):
+    """The editor's input event (a stroke ended) paints; the same event fired by the server's
+    own canvas replacement (no stroke layer) changes nothing, so there is no feedback loop."""
+    import gradio as gr
+    editor, session, *_ = app.new_scene(9)
+    out = app.stroke_on_release(editor, session, app.concepts[0], "remove", "low (4 units)", 1.0)
+    assert len(out) == 6 and all(o == gr.skip() for o in out)
+    painted = {**editor, "layers": [stroke_layer(0, CANVAS // 8, 0, CANVAS // 8)]}
+    ed1, s1, *_, msg1 = app.stroke_on_release(painted, session, app.concepts[0], "remove",
+                                               "low (4 units)", 1.0)
+    ed2, s2, *_, msg2 = app.paint(painted, session, app.concepts[0], "remove", "low (4 units)", 1.0)
+    assert len(s1.strokes) == 1 and np.array_equal(ed1["background"], ed2["background"])
+    assert msg1 == msg2 and ed1["layers"] == []  # the applied stroke leaves the canvas
+
+
+def test_each_stroke_lists_the_units_it_switched(app):
+    from ganpaint.ranking import rank_units
+    editor, session, *_ = app.new_scene(10)
+    c = app.concepts[0]
+    painted = {**editor, "layers": [stroke_layer(0, CANVAS // 4, 0, CANVAS // 4)]}
+    _, s1, *_, msg = app.paint(painted, session, c, "draw", "low (4 units)", 1.0)
+    rows = rank_units(app.dissection, c, app.painter.layer, 4, app.painter.ranking(c))
+    switched = app.painter.stroke(c, s1.strokes[0]["mask"], "draw", 4).units
+    assert [r["unit"] for r in rows] == list(switched)  # what the engine really switched
+    for r in rows:
+        assert f"{r['unit']} (#{r['rank']}, IoU {r['iou']:.3f})" in msg, msg
+    # the Units tab opens on them (the toy dissection has no causal ranking: IoU)
+    concept, head, items, table, units = app.units_tab(s1, app.concepts[-1])
+    assert concept == c and units == [r["unit"] for r in rows] and "last stroke" in head
+    assert [t[1] for t in table] == units and len(items) == 4
+    # without a stroke: the chosen concept's top units
+    concept, head, items, table, units = app.units_tab(session, app.concepts[-1])
+    ranked = rank_units(app.dissection, app.concepts[-1], app.painter.layer, 12)
+    assert concept == app.concepts[-1] and units == [r["unit"] for r in ranked]
+    strip = items[0][0]
+    assert strip.shape == (96, 4 * 96, 3) and f"unit {units[0]}" in items[0][1]
+    assert f"IoU {ranked[0]['iou']:.3f}" in items[0][1] and "label " in items[0][1]
+
+
+def test_before_after_shows_the_original_beside_the_edit_and_labels_on_request(app):
+    from ganpaint.paintapp import PaintApp
+    from tests.toy import ToySegmenter
+    editor, session, *_ = app.new_scene(11)
+    painted = {**editor, "layers": [stroke_layer(0, CANVAS, 0, CANVAS // 2)]}
+    _, s1, *_ = app.paint(painted, session, app.concepts[0], "remove", "high (20 units)", 1.0)
+    *_, cmp, msg = app.set_compare(True, True, s1)  # no segmenter: no labels
+    assert "before/after shown" in msg and "segmentation" not in msg
+    half = VIEW // 2
+    orig, edit = app.view(app.image(session), half), app.view(app.image(s1), half)
+    body = cmp[20:20 + half]
+    assert np.array_equal(body[:, :half], orig) and np.array_equal(body[:, half:], edit)
+    seg_app = PaintApp(app.painter.generator, app.dissection, segmenter=ToySegmenter(),
+                       out_dir=app.out_dir)
+    *_, cmp2, msg2 = seg_app.set_compare(True, True, s1)
+    assert "with segmentation" in msg2 and cmp2.shape[0] > half + 20 + half
+    colours, lab = seg_app.segmentation(seg_app.image(s1))
+    expect = np.asarray(Image.fromarray(colours).resize((half, half), Image.NEAREST))
+    assert np.array_equal(cmp2[20 + half:20 + 2 * half, half:], expect)
+    assert np.array_equal(colours, seg_app.seg_colors[lab])
+    # colours by concept name, from assets/labels.json (any segmenter's label order)
+    from ganpaint.labels import COLORS, lookup
+
+    class TreeSky(ToySegmenter):
+        concepts = ["tree", "sky", "dark", "red"]
+    tree_app = PaintApp(app.painter.generator, app.dissection, segmenter=TreeSky(), out_dir=app.out_dir)
+    tree_app.segmentation(np.zeros((8, 8, 3), np.uint8))
+    assert np.array_equal(tree_app.seg_colors[0], COLORS[lookup("tree")])
+    assert np.array_equal(tree_app.seg_colors[1], COLORS[lookup("sky")])
+    *_, off, msg3 = seg_app.set_compare(False, True, s1)
+    assert off is None and "hidden" in msg3
+
+
+def test_trash_icon_restores_the_scene(app):
+    editor, session, *_ = app.new_scene(12)
+    painted = {**editor, "layers": [stroke_layer(0, CANVAS // 8, 0, CANVAS // 8)]}
+    ed1, s1, *_ = app.paint(painted, session, app.concepts[0], "remove", "high (20 units)", 1.0)
+    ed2, s2, *_, msg = app.clear(s1)
+    assert np.array_equal(ed2["background"], ed1["background"]) and s2.strokes == s1.strokes
+    assert "restored" in msg
+
+
+def test_concurrent_renders_are_batched_and_exact(app):
+    """Renders asked for at once go through one generator call, and each equals its render
+    alone."""
+    import threading
+    app.batcher.sizes.clear()
+    c = app.concepts[0]
+    sessions = []
+    for i in range(8):
+        editor, s, *_ = app.new_scene(20 + i)
+        _, s, *_ = app.paint({**editor, "layers": [stroke_layer(0, 32 * (i % 4 + 1), 0, 64)]}, s,
+                             c, "remove" if i % 2 else "draw", "medium (10 units)", 1.0)
+        sessions.append(s)
+    alone = [app.render_batch([(s.seed, app.strokes(s))])[0] for s in sessions]
+    got = [None] * 8
+    go = threading.Barrier(8)
+
+    def run(i):
+        go.wait()
+        got[i] = app.image(sessions[i])
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(8)]
+    app.batcher.sizes.clear()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(np.array_equal(a, b) for a, b in zip(alone, got))
+    assert max(app.batcher.sizes) > 1 and sum(app.batcher.sizes) == 8
+
+
+def test_the_page_wires_paint_on_release_undo_keys_and_the_trash_icon(app):
+    from ganpaint.paintapp import HEAD, build_demo
+    demo = build_demo(app)
+    wired = {(t[1], f.fn.__name__) for f in demo.fns.values() for t in f.targets}
+    assert ("input", "stroke_on_release") in wired and ("clear", "clear") in wired
+    assert ("select", "open_units") in wired and ("select", "pick_unit") in wired
+    assert "keydown" in HEAD and "#undo" in HEAD and "'z'" in HEAD.replace('"', "'")
