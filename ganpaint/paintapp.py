@@ -27,6 +27,7 @@ from .scenes import to_uint8_images
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 VIEW = 512  # displayed size of the scene
+GRID_VIEW = 256  # displayed size of the "feature cells touched" view
 # The brush canvas holds the scene at 256 px (the editor zooms it to the same displayed size):
 # the browser exports and uploads the canvas on every stroke, and at 512 px that alone took
 # ~0.5 s of the stroke round trip in headless Chromium. The model draws 64 px, so nothing is lost.
@@ -261,11 +262,11 @@ class PaintApp:
         return np.asarray(Image.fromarray(img).resize((size, size), Image.LANCZOS))
 
     def grid_overlay(self, view: np.ndarray, session: Session) -> np.ndarray:
-        """The scene (at VIEW px) with the feature grid drawn faintly and the cells touched by
-        strokes tinted."""
+        """The scene (at its view's size) with the feature grid drawn faintly and the cells
+        touched by strokes tinted."""
         out = view.astype(np.float32)
         h, w = self.grid
-        ch, cw = VIEW // h, VIEW // w
+        ch, cw = out.shape[0] // h, out.shape[1] // w
         for s in session.strokes:
             cells = torch.nn.functional.adaptive_max_pool2d(
                 torch.as_tensor(s["mask"], dtype=torch.float32)[None, None], (h, w))[0, 0].numpy()
@@ -306,8 +307,9 @@ class PaintApp:
                   "layers": [], "composite": None}
         view = self.view(img)
         compare = self.compare_view(session, img) if session.compare else None
-        return (editor, session, self.grid_overlay(view, session), self.save(view, session),
-                compare, message)
+        # the cells view is shown at GRID_VIEW px: drawn (and encoded) at that size
+        cells = self.grid_overlay(self.view(img, GRID_VIEW), session)
+        return editor, session, cells, self.save(view, session), compare, message
 
     def new_scene(self, seed, session: Session | None = None):
         old = session or Session()
@@ -428,7 +430,10 @@ class PaintApp:
             alpha = f" · α {r['alpha']:.2f}" if "alpha" in r else ""
             return (f"#{r['rank']} unit {r['unit']} · {concept} IoU {r['iou']:.3f}{alpha} · "
                     f"label {label} ({iou:.2f})")
-        items = [(strips[r["unit"]], caption(r)) for r in rows]
+        def tile(strip):  # the 4 scenes of a strip as a 2×2 square (the gallery's cells are square)
+            t = strip.shape[0]
+            return np.concatenate([strip[:, :2 * t], strip[:, 2 * t:4 * t]], 0)
+        items = [(tile(strips[r["unit"]]), caption(r)) for r in rows]
         table = [[r["rank"], r["unit"], round(r["iou"], 4), round(r["level"], 3), r.get("alpha", "")]
                  for r in rows]
         return items, table, [r["unit"] for r in rows]
@@ -559,7 +564,7 @@ def build_demo(app: PaintApp, curves_dir: Path | None = None):
                 u_concept = gr.Dropdown(concepts, value=default, label="concept", elem_id="u_concept")
                 u_units = gr.State([])
                 gallery = gr.Gallery(label="units: top-activating scenes, region above the unit's level "
-                                     "outlined (click one)", columns=3, height="auto", object_fit="contain",
+                                     "outlined (click one)", columns=4, height="auto", object_fit="contain",
                                      elem_id="units_gallery", allow_preview=False)
                 with gr.Row():
                     u_table = gr.Dataframe(headers=["rank", "unit", "IoU", "level", "causal α"],

@@ -4,7 +4,7 @@ import pytest
 from PIL import Image
 
 from ganpaint.dissect import dissect, upsampled
-from ganpaint.paintapp import CANVAS, VIEW, PaintApp, Session
+from ganpaint.paintapp import CANVAS, GRID_VIEW, VIEW, PaintApp, Session
 from tests.toy import source
 
 
@@ -26,7 +26,7 @@ def test_new_scene(app):
     editor, session, grid, path, compare, msg = app.new_scene(3)
     assert editor["background"].shape == (CANVAS, CANVAS, 3) and editor["composite"] is None
     assert session.seed == 3 and session.strokes == []
-    assert grid.shape == (VIEW, VIEW, 3) and path.endswith(".png")
+    assert grid.shape == (GRID_VIEW, GRID_VIEW, 3) and path.endswith(".png")
     assert compare is None  # before/after off until asked
 
 
@@ -64,7 +64,7 @@ def test_sessions_are_independent(app):
 
 def test_units_and_ablation_views(app):
     items, table = app.unit_gallery(app.concepts[0], top=3)
-    assert len(items) == len(table) <= 3 and items[0][0].shape[0] == 96
+    assert len(items) == len(table) <= 3 and items[0][0].shape == (192, 192, 3)  # 2×2 scenes
     # each unit's concepts are its IoUs, highest first, computed here from scratch: the unit's
     # mask (its upsampled map above its level) against each concept's pixels, 48 samples
     src = source()
@@ -195,7 +195,7 @@ def test_each_stroke_lists_the_units_it_switched(app):
     ranked = rank_units(app.dissection, app.concepts[-1], app.painter.layer, 12)
     assert concept == app.concepts[-1] and units == [r["unit"] for r in ranked]
     strip = items[0][0]
-    assert strip.shape == (96, 4 * 96, 3) and f"unit {units[0]}" in items[0][1]
+    assert strip.shape == (2 * 96, 2 * 96, 3) and f"unit {units[0]}" in items[0][1]
     assert f"IoU {ranked[0]['iou']:.3f}" in items[0][1] and "label " in items[0][1]
 
 

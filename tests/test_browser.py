@@ -370,3 +370,76 @@ def test_api_errors_carry_the_message(server):
     client = Client(server, verbose=False)
     with pytest.raises(Exception, match=r"unit must be in 0\.\.\d+"):
         client.predict(100000, api_name="/unit_concepts")
+
+
+def fetch(page, selector) -> np.ndarray:
+    src = page.pg.locator(selector).first.get_attribute("src")
+    return np.asarray(Image.open(io.BytesIO(page.pg.request.get(src).body())).convert("RGB"))
+
+
+def test_before_after_units_and_ctrl_z(server, model):
+    """After a stroke applied on release: 'before / after' shows the original beside the edit
+    (and their segmentation on request); the Units tab opens on the units the stroke switched
+    and clicking one shows its best concepts; Ctrl+Z undoes the stroke."""
+    pw, b = browser()
+    ARTIFACTS.mkdir(exist_ok=True)
+    try:
+        page = Page(b, server)
+        cells, before, after = paint_scene(page, model, "tree", "tree", "remove", "high (20 units)")
+        assert not np.array_equal(before, after)
+        status = page.status()
+        assert "units (local ranking)" in status and "(#1, α" in status, status
+        units = [int(t.split(" (#")[0]) for t in status.split("ranking) ")[1].split("), ")]
+        assert len(units) == 20
+        page.wait_change(lambda: page.pg.locator("#compare_on input").check())
+        assert "before/after shown" in page.status()
+        page.pg.wait_for_selector("#compare img", timeout=20000)
+        cmp = fetch(page, "#compare img")
+        half = 256
+        body = cmp[20:20 + half]
+        orig = np.asarray(Image.fromarray(before).resize((half, half), Image.LANCZOS)).astype(int)
+        edit = np.asarray(Image.fromarray(after).resize((half, half), Image.LANCZOS)).astype(int)
+        assert np.abs(body[:, :half] - orig).mean() < 2 and np.abs(body[:, half:] - edit).mean() < 2
+        page.wait_change(lambda: page.pg.locator("#labels_on input").check())
+        assert "with segmentation" in page.status()
+        page.pg.wait_for_timeout(500)
+        cmp = fetch(page, "#compare img")
+        assert cmp.shape[0] > 20 + 2 * half
+        labels = cmp[20 + half:20 + 2 * half]
+        tree = np.array([20, 100, 30])  # the tree's colour in assets/labels.json
+        is_tree = lambda im: (np.abs(im.astype(int) - tree).sum(-1) == 0)  # noqa: E731
+        inside = np.asarray(Image.fromarray(region(cells)).resize((half, half)))
+        t_before, t_after = is_tree(labels[:, :half])[inside].sum(), is_tree(labels[:, half:])[inside].sum()
+        assert t_after < t_before, (t_before, t_after)
+        page.pg.locator("#compare").scroll_into_view_if_needed()
+        page.pg.screenshot(path=str(ARTIFACTS / "before_after_labels.png"), full_page=True)
+        # the Units tab opens on the stroke's units; clicking one lists its best concepts
+        page.pg.get_by_role("tab", name="Units").click()
+        page.pg.wait_for_function("document.querySelector('#units_head') && "
+                                  "document.querySelector('#units_head').innerText.includes('last stroke')",
+                                  timeout=120000)
+        page.pg.wait_for_function("document.querySelectorAll('#units_gallery img').length >= 12",
+                                  timeout=60000)
+        captions = page.pg.locator("#units_gallery .caption-label").all_inner_texts()
+        shown = [int(c.split("unit ")[1].split(" ")[0]) for c in captions]
+        assert shown == units, (shown, units)
+        page.pg.locator("#units_gallery img").nth(2).click()
+        page.pg.wait_for_function(f"document.querySelector('#u_unit input').value == '{units[2]}'",
+                                  timeout=20000)
+        painter = model[0]
+        best = [c for c, _ in painter.dissection["layers"][painter.layer]["unit_stats"][units[2]]["top"]]
+        page.pg.wait_for_function("(c) => document.querySelector('#u_best').innerText.includes(c)",
+                                  arg=best[0], timeout=20000)
+        listed = page.pg.locator("#u_best").inner_text()
+        assert all(c in listed for c in best), (best, listed)
+        page.pg.screenshot(path=str(ARTIFACTS / "units_tab.png"), full_page=True)
+        # back to painting: Ctrl+Z undoes the stroke (focus on the page, not a text box)
+        page.pg.get_by_role("tab", name="Paint").click()
+        page.pg.wait_for_timeout(500)
+        page.pg.locator("h1").first.click()
+        page.wait_change(lambda: page.pg.keyboard.press("Control+z"))
+        assert "undone (0 strokes left)" in page.status()
+        assert np.array_equal(page.image(), before)
+    finally:
+        b.close()
+        pw.stop()

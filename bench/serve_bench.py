@@ -1,0 +1,185 @@
+"""Serve N people at once: start `app.py` on a free port, drive N concurrent gradio_client
+sessions (load a seed, two strokes, undo), check every scene against the same edit done
+in-process, and report latencies.
+
+    python bench/serve_bench.py --sessions 16 --json
+
+prints {"sessions", "requests", "errors", "mismatches", "p50", "p95", "max", "temp_files",
+"load_avg", "batches"}: seconds per request as a client sees it; `temp_files` is the number of
+files the server has left in its temp folders (its download PNGs and Gradio's cache) after the
+run; `load_avg` the 1-minute load average before and after; `batches` the server's render batch
+sizes (from its log) when it reports them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+CANVAS = 256
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def layer_png(path: Path, y0, y1, x0, x1) -> Path:
+    a = np.zeros((CANVAS, CANVAS, 4), np.uint8)
+    a[y0:y1, x0:x1] = (255, 48, 144, 255)
+    Image.fromarray(a).save(path)
+    return path
+
+
+def plan(i: int):
+    """Session i's seed and two strokes: (concept, action, strength, rectangle)."""
+    c = CANVAS // 8
+    r = i % 4
+    return 100 + i, [("tree", "remove", "high (20 units)", (c * r, c * (r + 3), 0, c * 4)),
+                     ("grass", "draw", "medium (10 units)", (c * 5, CANVAS, c * (r + 1), c * (r + 4)))]
+
+
+def start(port: int, tmp: Path):
+    env = {**os.environ, "TMPDIR": str(tmp), "GRADIO_TEMP_DIR": str(tmp / "gradio"),
+           "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"app exited: {proc.stdout.read().decode()[-2000:]}")
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return proc, url
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    raise SystemExit("app did not start within 180 s")
+
+
+def session(i: int, url: str, tmp: Path, out: dict, go: threading.Barrier):
+    from gradio_client import Client, handle_file
+    seed, strokes = plan(i)
+    times, images, errors = [], [], []
+    try:
+        client = Client(url, verbose=False)
+    except Exception as e:  # noqa: BLE001
+        out[i] = {"times": [], "images": [], "errors": [f"connect: {e}"]}
+        go.wait()
+        return
+    go.wait()
+
+    def call(*args, api_name):
+        t = time.perf_counter()
+        try:
+            res = client.predict(*args, api_name=api_name)
+        except Exception as e:  # noqa: BLE001
+            times.append(time.perf_counter() - t)
+            errors.append(f"{api_name}: {e}")
+            return None
+        times.append(time.perf_counter() - t)
+        download = res[2]
+        path = download if isinstance(download, str) else download["path"]
+        images.append(np.asarray(Image.open(path).convert("RGB")))
+        return res
+    res = call(seed, api_name="/new_scene")
+    for k, (concept, action, strength, (y0, y1, x0, x1)) in enumerate(strokes):
+        if res is None:
+            break
+        bg = res[0]["background"]
+        editor = {"background": handle_file(bg if isinstance(bg, str) else bg["path"]),
+                  "layers": [handle_file(str(layer_png(tmp / f"s{i}_{k}.png", y0, y1, x0, x1)))],
+                  "composite": None}
+        res = call(editor, concept, action, strength, 1.0, api_name="/paint")
+    if res is not None:
+        call(api_name="/undo")
+    out[i] = {"times": times, "images": images, "errors": errors}
+
+
+def expected(i: int, app) -> list[np.ndarray]:
+    """The same session's scenes, edited in-process (what every reply must show)."""
+    seed, strokes = plan(i)
+    outs = [app.new_scene(seed)]
+    for concept, action, strength, (y0, y1, x0, x1) in strokes:
+        a = np.zeros((CANVAS, CANVAS, 4), np.uint8)
+        a[y0:y1, x0:x1] = (255, 48, 144, 255)
+        outs.append(app.paint({**outs[-1][0], "layers": [a]}, outs[-1][1], concept, action,
+                              strength, 1.0))
+    outs.append(app.undo(outs[-1][1]))
+    return [np.asarray(Image.open(o[3]).convert("RGB")) for o in outs]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--sessions", type=int, default=16)
+    p.add_argument("--json", action="store_true", help="print the result as one JSON line")
+    a = p.parse_args(argv)
+    tmp = Path(tempfile.mkdtemp(prefix="serve-bench-"))
+    (tmp / "gradio").mkdir()
+    load0 = os.getloadavg()[0]
+    proc, url = start(free_port(), tmp)
+    try:
+        out: dict = {}
+        go = threading.Barrier(a.sessions)
+        threads = [threading.Thread(target=session, args=(i, url, tmp, out, go))
+                   for i in range(a.sessions)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        layers = {f"s{i}_{k}.png" for i in range(a.sessions) for k in range(2)}
+        temp_files = sum(1 for f in tmp.rglob("*") if f.is_file() and f.name not in layers)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    from ganpaint import registry
+    from ganpaint.dissect import load_dissection
+    from ganpaint.paintapp import PaintApp
+    d = load_dissection(ROOT / "models" / "dissection")
+    app = PaintApp(registry.generator_from_dissection(d, ROOT / "models" / "dissection" / "dissection.json"),
+                   d, out_dir=tmp / "expected")
+    times = sorted(t for r in out.values() for t in r["times"])
+    errors = [e for r in out.values() for e in r["errors"]]
+    mismatches = 0
+    for i, r in out.items():
+        want = expected(i, app)
+        got = r["images"]
+        mismatches += sum(not np.array_equal(g, w) for g, w in zip(got, want))
+        mismatches += max(0, len(want) - len(got)) if not r["errors"] else 0
+    q = lambda f: round(times[min(len(times) - 1, int(f * len(times)))], 3) if times else None  # noqa: E731
+    result = {"sessions": a.sessions, "requests": len(times), "errors": len(errors),
+              "mismatches": mismatches, "p50": q(0.5), "p95": q(0.95),
+              "max": round(times[-1], 3) if times else None, "temp_files": temp_files,
+              "load_avg": [round(load0, 2), round(os.getloadavg()[0], 2)],
+              "mean": round(statistics.fmean(times), 3) if times else None}
+    if errors:
+        result["first_errors"] = errors[:3]
+    if a.json:
+        print(json.dumps(result))
+    else:
+        for k, v in result.items():
+            print(f"{k:12} {v}")
+    return 0 if not errors and not mismatches else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
