@@ -23,6 +23,10 @@ def main(argv=None):
                    help="let the dissection's model import path run (it is code: without this "
                         "flag only registry ids and weights files are used)")
     a = p.parse_args(argv)
+    import signal
+    # stopped by SIGTERM (a service manager, `kill`): exit as on Ctrl+C, so the server closes and
+    # the temp files are removed (Python's default SIGTERM ends the process without cleanup)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     from ganpaint.checkpoint import CheckpointError
     from ganpaint.labels import UnknownNameError
     try:
@@ -35,7 +39,15 @@ def main(argv=None):
 
 
 def serve(a):
+    import atexit
+    import shutil
+    import tempfile
     from pathlib import Path
+
+    if "GRADIO_TEMP_DIR" not in os.environ:  # Gradio's cache of replies: ours, gone on exit
+        cache = tempfile.mkdtemp(prefix="ganpaint-gradio-")
+        os.environ["GRADIO_TEMP_DIR"] = cache
+        atexit.register(shutil.rmtree, cache, True)
 
     from ganpaint import registry
     from ganpaint.checkpoint import CheckpointError

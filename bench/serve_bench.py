@@ -5,14 +5,15 @@ in-process, and report latencies.
     python bench/serve_bench.py --sessions 16 --json
 
 prints {"sessions", "requests", "errors", "mismatches", "p50", "p95", "max", "temp_files",
-"load_avg", "batches"}: seconds per request as a client sees it; `temp_files` is the number of
-files the server has left in its temp folders (its download PNGs and Gradio's cache) after the
-run; `load_avg` the 1-minute load average before and after; `batches` the server's render batch
-sizes (from its log) when it reports them.
+"temp_files_after_exit", "load_avg"}: seconds per request as a client sees it; `temp_files` is the number of
+files in the server's temp folders (its download PNGs and Gradio's cache) at the end of the run,
+`temp_files_after_exit` once it has stopped (SIGTERM); `load_avg` the 1-minute load average
+before and after.
 """
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import socket
@@ -55,7 +56,7 @@ def plan(i: int):
 
 
 def start(port: int, tmp: Path):
-    env = {**os.environ, "TMPDIR": str(tmp), "GRADIO_TEMP_DIR": str(tmp / "gradio"),
+    env = {**{k: v for k, v in os.environ.items() if k != "GRADIO_TEMP_DIR"}, "TMPDIR": str(tmp),
            "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -78,7 +79,7 @@ def session(i: int, url: str, tmp: Path, out: dict, go: threading.Barrier):
     seed, strokes = plan(i)
     times, images, errors = [], [], []
     try:
-        client = Client(url, verbose=False)
+        client = Client(url, verbose=False, download_files=False)  # fetch only the scene
     except Exception as e:  # noqa: BLE001
         out[i] = {"times": [], "images": [], "errors": [f"connect: {e}"]}
         go.wait()
@@ -95,15 +96,15 @@ def session(i: int, url: str, tmp: Path, out: dict, go: threading.Barrier):
             return None
         times.append(time.perf_counter() - t)
         download = res[2]
-        path = download if isinstance(download, str) else download["path"]
-        images.append(np.asarray(Image.open(path).convert("RGB")))
+        with urllib.request.urlopen(download["url"], timeout=60) as f:
+            images.append(np.asarray(Image.open(io.BytesIO(f.read())).convert("RGB")))
         return res
     res = call(seed, api_name="/new_scene")
     for k, (concept, action, strength, (y0, y1, x0, x1)) in enumerate(strokes):
         if res is None:
             break
-        bg = res[0]["background"]
-        editor = {"background": handle_file(bg if isinstance(bg, str) else bg["path"]),
+        # the server reads the stroke from the layers only (the scene comes from its own state)
+        editor = {"background": None,
                   "layers": [handle_file(str(layer_png(tmp / f"s{i}_{k}.png", y0, y1, x0, x1)))],
                   "composite": None}
         res = call(editor, concept, action, strength, 1.0, api_name="/paint")
@@ -131,7 +132,6 @@ def main(argv=None):
     p.add_argument("--json", action="store_true", help="print the result as one JSON line")
     a = p.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="serve-bench-"))
-    (tmp / "gradio").mkdir()
     load0 = os.getloadavg()[0]
     proc, url = start(free_port(), tmp)
     try:
@@ -143,14 +143,16 @@ def main(argv=None):
             t.start()
         for t in threads:
             t.join()
-        layers = {f"s{i}_{k}.png" for i in range(a.sessions) for k in range(2)}
-        temp_files = sum(1 for f in tmp.rglob("*") if f.is_file() and f.name not in layers)
+        # the server's files (its uploads included), not the stroke layers the clients wrote
+        count = lambda: sum(1 for f in tmp.rglob("*") if f.is_file() and f.parent != tmp)  # noqa: E731
+        temp_files = count()
     finally:
         proc.terminate()
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+    after_exit = count()
     from ganpaint import registry
     from ganpaint.dissect import load_dissection
     from ganpaint.paintapp import PaintApp
@@ -169,6 +171,7 @@ def main(argv=None):
     result = {"sessions": a.sessions, "requests": len(times), "errors": len(errors),
               "mismatches": mismatches, "p50": q(0.5), "p95": q(0.95),
               "max": round(times[-1], 3) if times else None, "temp_files": temp_files,
+              "temp_files_after_exit": after_exit,
               "load_avg": [round(load0, 2), round(os.getloadavg()[0], 2)],
               "mean": round(statistics.fmean(times), 3) if times else None}
     if errors:
