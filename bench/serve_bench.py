@@ -8,7 +8,9 @@ prints {"sessions", "requests", "errors", "mismatches", "p50", "p95", "max", "te
 "temp_files_after_exit", "load_avg"}: seconds per request as a client sees it; `temp_files` is the number of
 files in the server's temp folders (its download PNGs and Gradio's cache) at the end of the run,
 `temp_files_after_exit` once it has stopped (SIGTERM); `load_avg` the 1-minute load average
-before and after.
+before and after; `server_cpu_s` / `client_cpu_s` the CPU seconds the server
+(during the run) and this process (the N clients) used, `wall_s` the run's duration: on a small
+machine the clients share the server's cores.
 """
 from __future__ import annotations
 
@@ -74,6 +76,15 @@ def start(port: int, tmp: Path):
     raise SystemExit("app did not start within 180 s")
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds a process has used (Linux /proc), None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 2)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def session(i: int, url: str, tmp: Path, out: dict, go: threading.Barrier):
     from gradio_client import Client, handle_file
     seed, strokes = plan(i)
@@ -137,6 +148,7 @@ def main(argv=None):
     try:
         out: dict = {}
         go = threading.Barrier(a.sessions)
+        t_run, idle = time.perf_counter(), cpu_seconds(proc.pid)
         threads = [threading.Thread(target=session, args=(i, url, tmp, out, go))
                    for i in range(a.sessions)]
         for t in threads:
@@ -146,6 +158,9 @@ def main(argv=None):
         # the server's files (its uploads included), not the stroke layers the clients wrote
         count = lambda: sum(1 for f in tmp.rglob("*") if f.is_file() and f.parent != tmp)  # noqa: E731
         temp_files = count()
+        server_cpu = cpu_seconds(proc.pid)
+        client_cpu = cpu_seconds(os.getpid())
+        wall = time.perf_counter() - t_run
     finally:
         proc.terminate()
         try:
@@ -171,7 +186,8 @@ def main(argv=None):
     result = {"sessions": a.sessions, "requests": len(times), "errors": len(errors),
               "mismatches": mismatches, "p50": q(0.5), "p95": q(0.95),
               "max": round(times[-1], 3) if times else None, "temp_files": temp_files,
-              "temp_files_after_exit": after_exit,
+              "temp_files_after_exit": after_exit, "server_cpu_s": (round(server_cpu - idle, 2) if server_cpu is not None else None),
+              "client_cpu_s": client_cpu, "wall_s": round(wall, 2),
               "load_avg": [round(load0, 2), round(os.getloadavg()[0], 2)],
               "mean": round(statistics.fmean(times), 3) if times else None}
     if errors:
