@@ -630,6 +630,309 @@ def _models(p):
     return run
 
 
+# ---------------------------------------------------------------- paint on your own image
+
+
+def _invert_args(p):
+    """How `invert` and `paint` invert an image (the step counts default to invert()'s)."""
+    p.add_argument("--encoder", default=None,
+                   help="encoder weights file, or none (default: models/encoder.pt when it "
+                        "exists; otherwise the best of --starts random latents)")
+    p.add_argument("--starts", type=count(1), default=None,
+                   help="random starting latents tried without an encoder (default 16)")
+    p.add_argument("--z-steps", type=count(0), default=None, help="latent optimisation steps (default 100)")
+    p.add_argument("--feature-steps", type=count(0), default=None,
+                   help="painting-layer feature optimisation steps (default 100)")
+    p.add_argument("--adapt-steps", type=count(0), default=None,
+                   help="image-specific adaptation steps of the later layers (default 150)")
+    p.add_argument("--threads", type=count(1), default=None, help="CPU threads (default: torch's)")
+
+
+def _invert_options(a) -> dict:
+    names = ("starts", "z_steps", "feature_steps", "adapt_steps")
+    return {n: getattr(a, n) for n in names if getattr(a, n) is not None}
+
+
+def _encoder(a, g, dev):
+    """The encoder to start from: --encoder's file, none, or the shipped one when it exists
+    (and fits the model: a default that was trained for another model is skipped, with a note)."""
+    from . import checkpoint
+    from .encoder import load_encoder
+    if a.encoder and a.encoder.lower() == "none":
+        return None
+    if a.encoder:
+        if not Path(a.encoder).is_file():
+            raise FileNotFoundError(f"--encoder {a.encoder}: no such file (or pass --encoder none)")
+        return load_encoder(a.encoder, dev, g)
+    default = checkpoint.MODELS / "encoder.pt"
+    if not default.is_file():
+        return None
+    try:
+        return load_encoder(default, dev, g)
+    except ValueError as e:
+        print(f"not using the shipped encoder: {e}", file=sys.stderr)
+        return None
+
+
+def _default_dissection(a):
+    from . import checkpoint
+    if a.dissection:
+        return a.dissection
+    return checkpoint.MODELS / "dissection" if a.model == "scenes" else None
+
+
+def _load_painter(a, g):
+    """A Painter for the generator from --dissection (a generator's dissection of this model)."""
+    from .dissect import load_dissection
+    from .intervene import Painter
+    ddir = _default_dissection(a)
+    if ddir is None:
+        raise ValueError(f"--dissection is needed for model {a.model!r} (a dissection of its "
+                         f"painting layer: `ganpaint dissect --model {a.model} --out DIR`)")
+    d = load_dissection(ddir)
+    if d.get("kind") == "classifier":
+        raise ValueError(f"{ddir} is a classifier's dissection: painting needs a generator's")
+    if d.get("model") not in (None, g.name):
+        raise ValueError(f"{ddir} is a dissection of model {d['model']!r}, not {g.name!r}: "
+                         f"pass the matching --model or --dissection")
+    return Painter(g, d)
+
+
+def _prepare(a, g):
+    from .invert import load_image, output_size
+    prep = load_image(a.image, output_size(g))
+    # with --json, stdout holds only the JSON object (the message is in it)
+    print(prep.message, file=sys.stderr if getattr(a, "json", False) else sys.stdout)
+    return prep
+
+
+@command("invert", "invert an image into a generator (encode, optimise, adapt): a state `paint` reuses")
+def _invert(p):
+    p.add_argument("image", nargs="?", default=None, help="the image (any size: it is centre-cropped "
+                   "and resized to the model's size)")
+    p.add_argument("--out", default=None, help="folder for inversion.pt, reconstruction.png and inversion.json")
+    _model_args(p)
+    _invert_args(p)
+    p.add_argument("--eval", action="store_true",
+                   help="instead: measure inversion on held-out renders against the bars")
+    p.add_argument("--samples", type=count(1), default=50, help="with --eval: renders inverted")
+    p.add_argument("--dissection", default=None,
+                   help="with --eval: dissection for the edit bar (default for scenes: models/dissection)")
+    p.add_argument("--concept", default="tree", help="with --eval: the concept removed for the edit bar")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    def run(a):
+        _threads(a)
+        if a.eval:
+            return _run_invert_eval(a)
+        if a.image is None:
+            raise ValueError("give an IMAGE to invert (or --eval to measure inversion on renders)")
+        if a.out is None:
+            raise ValueError("give --out DIR: the folder for the inversion's files")
+        from PIL import Image
+        from . import registry
+        from .invert import _to_uint8, invert
+        out = Path(a.out)
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {out} is a file: give a folder")
+        dev = _device(a)
+        g = registry.load_generator(a.model, dev, a.model_arg)
+        seg = registry.load_segmenter(a.segmenter, dev, a.segmenter_arg)
+        prep = _prepare(a, g)
+        enc = _encoder(a, g, dev)
+        inv = invert(g, prep, encoder=enc, perceptual=seg, progress=not a.json, **_invert_options(a))
+        output_dir(out)
+        inv.save(out / "inversion.pt")
+        Image.fromarray(_to_uint8(inv.reconstruction)).save(out / "reconstruction.png")
+        r = {"image": str(a.image), "model": g.name, "psnr": inv.psnr, "message": prep.message,
+             "size": int(inv.target.shape[-1]), "box": list(prep.box),
+             "encoder": None if enc is None else str(a.encoder or "models/encoder.pt"),
+             "stats": inv.stats}
+        (out / "inversion.json").write_text(json.dumps(r, indent=1, ensure_ascii=False),
+                                            encoding="utf-8")
+        if a.json:
+            print(json.dumps(r))
+            return
+        print(f"reconstruction PSNR {inv.psnr:.2f} dB ({inv.stats['seconds']:.1f} s)")
+        print(f"wrote {out / 'inversion.pt'}, {out / 'reconstruction.png'}, {out / 'inversion.json'}")
+    return run
+
+
+INVERT_BARS = [("psnr_adapted", "≥", 27.0, "dB"), ("seconds_per_image", "≤", 20.0, "s"),
+               ("edit_{concept}_left_median", "≤", 0.5, ""), ("outside_max_diff", "≤", 1 / 255, "")]
+
+
+def _run_invert_eval(a):
+    from . import registry
+    from .invert import evaluate
+    dev = _device(a)
+    g = registry.load_generator(a.model, dev, a.model_arg)
+    seg = registry.load_segmenter(a.segmenter, dev, a.segmenter_arg)
+    painter = _load_painter(a, g) if _default_dissection(a) else None
+    enc = _encoder(a, g, dev)
+    r = evaluate(g, seg, painter, enc, a.samples, concept=a.concept, progress=not a.json,
+                 **_invert_options(a))
+    if a.json:
+        print(json.dumps(r))
+        return
+    print(f"{r['samples']} held-out renders, encoder: {'yes' if enc is not None else 'none'}")
+    for key in ("psnr_encoder", "psnr_start", "psnr_optimised"):
+        if r.get(key) is not None:
+            print(f"INFO  {key:<24} {r[key]:.2f} dB")
+    for key, op, bar, unit in INVERT_BARS:
+        key = key.format(concept=a.concept)
+        v = r.get(key)
+        if v is None:
+            print(f"INFO  {key:<24} not measured")
+            continue
+        ok = v >= bar if op == "≥" else v <= bar
+        print(f"{'PASS' if ok else 'FAIL'}  {key:<24} {v:.4g}{unit and ' ' + unit}  (bar {op} {bar:.4g})")
+    if f"edit_{a.concept}_scenes" in r:
+        print(f"      ({r[f'edit_{a.concept}_scenes']} scenes with a {a.concept})")
+
+
+def _read_mask(path, prep, size):
+    """MASK.png (the upload's size; > 127 = painted, or the alpha channel where it has one) →
+    (size, size) float mask of the crop the model sees."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image, UnidentifiedImageError
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--mask {path}: no such file")
+    try:
+        im = Image.open(path)
+        im.load()
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"--mask {path} is not an image: {e}") from None
+    h, w = prep.original.shape[:2]
+    if im.size != (w, h):
+        raise ValueError(f"--mask {path} is {im.width}×{im.height}, but the image is {w}×{h}: "
+                         f"draw the mask at the image's size")
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        alpha = np.asarray(im.convert("RGBA"))[..., 3]
+        m = alpha > 127 if (alpha < 255).any() else np.asarray(im.convert("L")) > 127
+    else:
+        m = np.asarray(im.convert("L")) > 127
+    left, top, side = prep.box
+    inside = m[top:top + side, left:left + side]
+    if not inside.any():
+        raise ValueError(f"--mask {path} paints nothing" + (
+            " inside the centre square the model sees" if m.any() else
+            " (painted = pixels brighter than 127)"))
+    outside = int(m.sum() - inside.sum())
+    if outside:
+        print(f"note: {outside} painted mask pixels outside the centre square are ignored")
+    t = torch.from_numpy(inside.astype(np.float32))[None, None]
+    t = F.adaptive_max_pool2d(t, size) if side >= size else F.interpolate(t, size=(size, size))
+    return t[0, 0]
+
+
+def _cells_mask(cells, grid):
+    import torch
+    h, w = grid
+    m = torch.zeros(h, w)
+    for text in cells:
+        try:
+            x, y = (int(v) for v in text.split(","))
+        except ValueError:
+            raise ValueError(f"--cells {text!r}: expected x,y (two whole numbers)") from None
+        if not (0 <= x < w and 0 <= y < h):
+            raise ValueError(f"--cells {text}: out of range; the painting layer is {w}×{h} cells, "
+                             f"so x is 0..{w - 1} and y is 0..{h - 1}")
+        m[y, x] = 1
+    return m
+
+
+@command("paint", "paint on your own image: draw or remove a concept, composited at the image's resolution")
+def _paint(p):
+    p.add_argument("image", help="the image")
+    p.add_argument("--concept", required=True)
+    p.add_argument("--action", choices=["remove", "draw"], required=True)
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--mask", default=None,
+                       help="PNG of the image's size: where to paint (> 127 painted, or opaque "
+                            "where the PNG has transparency)")
+    where.add_argument("--cells", nargs="+", default=None, metavar="X,Y",
+                       help="painting-layer cells to paint, as x,y (0-based, x across)")
+    p.add_argument("--out", required=True, help="the edited image (PNG), at the image's resolution")
+    p.add_argument("--state", default=None, help="inversion.pt from `ganpaint invert` (default: invert now)")
+    p.add_argument("--dissection", default=None,
+                   help="dissection of the model (default for scenes: models/dissection)")
+    p.add_argument("--units", type=count(1), default=20)
+    p.add_argument("--strength", type=at_least(0.0), default=1.0, help="draw: multiple of the units' levels")
+    _model_args(p)
+    _invert_args(p)
+
+    def run(a):
+        import torch
+        from PIL import Image
+        from . import registry
+        from .invert import Inversion, invert
+        _threads(a)
+        out = Path(a.out)
+        if out.is_dir():
+            raise ValueError(f"--out {out} is a folder: give a file name (edited.png)")
+        dev = _device(a)
+        g = registry.load_generator(a.model, dev, a.model_arg)
+        painter = _load_painter(a, g)
+        _within("--units", [a.units], painter, 1)
+        prep = _prepare(a, g)
+        size = int(prep.tensor.shape[-1])
+        if a.cells:
+            grid = g.layer_shapes([painter.layer])[painter.layer][1:]
+            mask = _cells_mask(a.cells, grid)
+        else:
+            mask = _read_mask(a.mask, prep, size)
+        if a.state:
+            if not Path(a.state).is_file():
+                raise FileNotFoundError(f"--state {a.state}: no such file")
+            inv = Inversion.load(a.state, g)
+            if inv.layer != painter.layer:
+                raise ValueError(f"--state {a.state} was inverted at layer {inv.layer}, but the "
+                                 f"dissection paints {painter.layer}")
+            t = inv.target.to(prep.tensor.device)
+            if t.shape != prep.tensor.shape or (t - prep.tensor).abs().max() > 1 / 127.5:
+                raise ValueError(f"--state {a.state}: state made from another image (invert "
+                                 f"{a.image} again, or pass the image that state came from)")
+            inv.image = prep
+        else:
+            seg = registry.load_segmenter(a.segmenter, dev, a.segmenter_arg)
+            inv = invert(g, prep, encoder=_encoder(a, g, dev), perceptual=seg, progress=True,
+                         **_invert_options(a))
+            print(f"reconstruction PSNR {inv.psnr:.2f} dB")
+        stroke = painter.stroke(a.concept, mask, a.action, a.units, a.strength)
+        with torch.no_grad():
+            edited = inv.edit_full(g, [stroke])
+        output_dir(out.parent)
+        Image.fromarray(edited).save(out, format=None if out.suffix else "PNG")
+        h, w = edited.shape[:2]
+        print(f"wrote {out} ({w}×{h}): {a.action} {a.concept}, {len(stroke.units)} units")
+    return run
+
+
+@command("train-encoder", "train the inversion encoder on a generator's samples (resumable)")
+def _train_encoder(p):
+    _train_args(p, "encoder", 20000)
+    p.add_argument("--model", default="scenes", help="the generator (as for other commands)")
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--lr", type=at_least(0.0), default=1e-3)
+    p.add_argument("--feature-weight", type=at_least(0.0), default=1.0,
+                   help="weight of the painting-layer feature loss (next to the latent loss)")
+    p.add_argument("--width", type=count(1), default=32, help="channels of the first block")
+
+    def run(a):
+        from . import checkpoint, registry
+        from .encoder import train_encoder
+        _threads(a)
+        checkpoint.run_paths(a.out, a.export)
+        g = registry.load_generator(a.model, _device(a), a.model_arg)
+        train_encoder(g, a.out, a.export, a.steps, a.batch_size, a.lr, a.feature_weight,
+                      width=a.width)
+        print(f"wrote {a.export} (run state: {Path(a.out) / 'state.pt'})")
+    return run
+
+
 def build_parser():
     """The `ganpaint` argument parser, one subcommand per `@command` (tests and docs build it
     without running anything)."""
