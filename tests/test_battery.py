@@ -15,27 +15,13 @@ import torch
 
 from ganpaint.cli import main
 
-TOY = ["--model", "tests.toy:tiny_generator", "--segmenter", "tests.toy:toy_segmenter"]
-DISSECT = ["dissect", *TOY, "--layers", "layer3", "--samples", "32", "--batch-size", "16",
-           "--no-report", "--device", "cpu"]
+from tests.toy import DISSECT, TOY, error_line, run_cli
 
 
 def cli(capsys, args):
     """(exit code, stderr) of `ganpaint args`, run in this process."""
-    capsys.readouterr()
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as e:  # argparse's usage errors
-        code = e.code
-    return code, capsys.readouterr().err
-
-
-def error_line(err):
-    """The one line ganpaint wrote about the error (tqdm bars may share stderr)."""
-    assert "Traceback" not in err, err
-    lines = [l for l in err.splitlines() if l.startswith("ganpaint")]
-    assert len(lines) == 1, err
-    return lines[0]
+    code, _, err = run_cli(capsys, args)
+    return code, err
 
 
 @pytest.fixture(scope="module")

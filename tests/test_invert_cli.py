@@ -7,18 +7,7 @@ import pytest
 from PIL import Image
 
 from ganpaint.cli import main
-from tests.test_battery import DISSECT, TOY, error_line
-
-
-def cli(capsys, args):
-    """(exit code, stdout, stderr) of `ganpaint args`, run in this process."""
-    capsys.readouterr()
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as e:  # argparse's usage errors
-        code = e.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+from tests.toy import DISSECT, TOY, error_line, run_cli as cli
 
 FAST = ["--starts", "2", "--z-steps", "3", "--feature-steps", "3", "--adapt-steps", "3",
         "--encoder", "none", "--device", "cpu"]

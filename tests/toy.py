@@ -172,3 +172,29 @@ def source(seed=0):
     g = tiny_generator()
     return GeneratorSource(Generator(g, g.z_dim, "tests.toy:tiny_generator"), ToySegmenter(), seed,
                            segmenter_id="tests.toy:toy_segmenter")
+
+
+# -- running the CLI in-process (the battery and the inversion CLI tests) ------------------------
+TOY = ["--model", "tests.toy:tiny_generator", "--segmenter", "tests.toy:toy_segmenter"]
+DISSECT = ["dissect", *TOY, "--layers", "layer3", "--samples", "32", "--batch-size", "16",
+           "--no-report", "--device", "cpu"]
+
+
+def run_cli(capsys, args):
+    """(exit code, stdout, stderr) of `ganpaint args`, run in this process."""
+    from ganpaint.cli import main
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as e:  # argparse's usage errors
+        code = e.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def error_line(err):
+    """The one line ganpaint wrote about the error (tqdm bars may share stderr)."""
+    assert "Traceback" not in err, err
+    lines = [l for l in err.splitlines() if l.startswith("ganpaint")]
+    assert len(lines) == 1, err
+    return lines[0]
