@@ -355,8 +355,8 @@ def test_api_with_gradio_client(server):
     from gradio_client import Client
     client = Client(server, verbose=False)
     out = client.predict(7, api_name="/new_scene")
-    editor, grid, download, status = out
-    assert "scene 7" in status
+    editor, grid, download, compare, status = out
+    assert "scene 7" in status and compare is None  # before/after is off until asked
     img = np.asarray(Image.open(download if isinstance(download, str) else download["path"]))
     assert img.shape[:2] == (512, 512)
     again = client.predict(7, api_name="/new_scene")
