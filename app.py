@@ -52,7 +52,7 @@ def serve(a):
     from ganpaint import registry
     from ganpaint.checkpoint import CheckpointError
     from ganpaint.dissect import load_dissection
-    from ganpaint.paintapp import CSS, HEAD, MAX_UPLOAD, PaintApp, build_demo
+    from ganpaint.paintapp import CSS, HEAD, MAX_UPLOAD, PaintApp, build_demo, limit_decoding
 
     root = Path(__file__).resolve().parent
     ddir = Path(a.dissection)
@@ -68,6 +68,7 @@ def serve(a):
     except (ValueError, CheckpointError, FileNotFoundError):
         seg = None
     app = PaintApp(g, d, segmenter=seg, layer=a.layer)
+    limit_decoding()
     demo = build_demo(app, ddir / "experiments")
     demo.queue(default_concurrency_limit=2)
     demo.launch(server_name=a.host, server_port=a.port, share=False, footer_links=[], css=CSS,

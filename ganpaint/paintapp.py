@@ -488,11 +488,17 @@ class PaintApp:
         return big(before), big(after)
 
 
+def limit_decoding():
+    """Make PIL refuse, from the header and before decoding, any image over MAX_LAYER² pixels
+    (what Gradio decodes from a client). Process-wide, so the server calls it, not the library:
+    other code in the same process (an inversion upload) keeps its own limits and messages."""
+    Image.MAX_IMAGE_PIXELS = MAX_LAYER * MAX_LAYER // 2  # PIL refuses twice this: > MAX_LAYER²
+
+
 def build_demo(app: PaintApp, curves_dir: Path | None = None):
     import gradio as gr
     concepts = app.concepts
     default = "tree" if "tree" in concepts else concepts[0]
-    Image.MAX_IMAGE_PIXELS = MAX_LAYER * MAX_LAYER // 2  # PIL refuses twice this: > MAX_LAYER²
     with gr.Blocks(title="ganpaint", delete_cache=DELETE_CACHE) as demo:
         session = gr.State(Session())
         gr.Markdown("# ganpaint — paint with the units of a GAN\n"

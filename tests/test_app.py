@@ -132,13 +132,13 @@ def test_replies_leave_a_bounded_number_of_files(app, monkeypatch):
 
 
 def test_oversized_stroke_layers_are_refused(app, tmp_path, monkeypatch):
-    from ganpaint.paintapp import MAX_LAYER, build_demo
+    from ganpaint.paintapp import MAX_LAYER, limit_decoding
     big = np.zeros((MAX_LAYER + 1, 8, 4), np.uint8)
     with pytest.raises(ValueError, match=f"at most {MAX_LAYER}×{MAX_LAYER}"):
         app.brush_mask({"layers": [big]})
     # what Gradio decodes (with PIL) is refused from the header, before any pixel is decoded
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # restored after
-    build_demo(app)
+    limit_decoding()  # what the server does at start
     Image.new("1", (MAX_LAYER + 8, MAX_LAYER + 8)).save(tmp_path / "huge.png")
     with pytest.raises(Image.DecompressionBombError):
         Image.open(tmp_path / "huge.png")
