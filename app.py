@@ -15,8 +15,9 @@ def main(argv=None):
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="model argument (default: those the dissection recorded, e.g. a "
                         "stylegan2 model's truncation and noise; these override them)")
-    p.add_argument("--dissection", default="models/dissection",
-                   help="dissection directory of the model to paint with")
+    p.add_argument("--dissection", default=None,
+                   help="dissection directory of the model to paint with (default: the shipped "
+                        "one, models/dissection)")
     p.add_argument("--layer", default=None, help="painting layer (default: the dissection's first)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--trust", action="store_true",
@@ -27,8 +28,8 @@ def main(argv=None):
     # stopped by SIGTERM (a service manager, `kill`): exit as on Ctrl+C, so the server closes and
     # the temp files are removed (Python's default SIGTERM ends the process without cleanup)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    from ganpaint.checkpoint import CheckpointError
-    from ganpaint.labels import UnknownNameError
+    from ganpaint.core.checkpoint import CheckpointError
+    from ganpaint.core.names import UnknownNameError
     try:
         serve(a)
     except (UnknownNameError, CheckpointError, ValueError, FileNotFoundError) as e:
@@ -49,16 +50,14 @@ def serve(a):
         os.environ["GRADIO_TEMP_DIR"] = cache
         atexit.register(shutil.rmtree, cache, True)
 
-    from ganpaint import registry
-    from ganpaint.checkpoint import CheckpointError
-    from ganpaint.dissect import load_dissection
-    from ganpaint.paintapp import CSS, HEAD, MAX_UPLOAD, PaintApp, build_demo, limit_decoding
+    from ganpaint.apps import registry
+    from ganpaint.core.checkpoint import CheckpointError
+    from ganpaint.core.dissection import Dissection
+    from ganpaint.apps.paintapp import CSS, HEAD, MAX_UPLOAD, PaintApp, build_demo, limit_decoding
 
-    root = Path(__file__).resolve().parent
-    ddir = Path(a.dissection)
-    if not ddir.is_absolute() and not ddir.exists():
-        ddir = root / ddir
-    d = load_dissection(ddir)
+    from ganpaint.core.checkpoint import MODELS
+    ddir = Path(a.dissection) if a.dissection else MODELS / "dissection"
+    d = Dissection.load(ddir)
     # the dissection's model and model arguments (truncation, noise, ...) unless given here
     g = registry.generator_from_dissection(d, ddir / "dissection.json", a.model, a.model_arg,
                                            registry.device(a.device), a.trust)

@@ -20,12 +20,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 CHILD = r"""
 import json, resource, sys, tempfile, time, torch
-from ganpaint import registry
-from ganpaint.dissect import dissect
-from ganpaint.sources import GeneratorSource
+from ganpaint.apps import registry
+from ganpaint.core.dissect import dissect
+from ganpaint.core.sources import GeneratorSource
 model, layer, samples, batch, mode, seg_size = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], int(sys.argv[6])
 if model.startswith("classifier:"):
-    from ganpaint.sources import ProbeSource
+    from ganpaint.world.probe import ProbeSource
     src = ProbeSource(registry.load_classifier(model[len("classifier:"):]), model)
 else:
     g = registry.load_generator(model)
@@ -43,7 +43,7 @@ else:  # time spent inside the models too: the same run's own baseline
         inner[0] += time.perf_counter() - t0
         return out
     src.batch = timed
-    dissect(src, [layer], tempfile.mkdtemp(), samples, batch_size=batch, progress=False, report=False, log=lambda *a: None)
+    dissect(src, [layer], tempfile.mkdtemp(), samples, batch_size=batch, progress=False, log=lambda *a: None)
 dt = time.perf_counter() - t
 print(json.dumps({"seconds_per_sample": dt / samples, "in_run_ratio": dt / inner[0] if mode != "models" else 1.0,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "quantile": src.quantile}))

@@ -14,8 +14,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ganpaint import registry  # noqa: E402
-from ganpaint.intervene import Stroke, apply_strokes  # noqa: E402
+from ganpaint.apps import registry  # noqa: E402
+from ganpaint.core.intervene import Stroke, apply_strokes  # noqa: E402
 
 
 def bench(name, gen, layer, edits):

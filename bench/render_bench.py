@@ -3,7 +3,7 @@ import time
 
 import torch
 
-from ganpaint.scenes import render
+from ganpaint.world.scenes import render
 
 torch.set_num_threads(1)
 for size, n in ((64, 1000), (128, 400), (256, 150)):

@@ -168,10 +168,10 @@ def main(argv=None):
         except subprocess.TimeoutExpired:
             proc.kill()
     after_exit = count()
-    from ganpaint import registry
-    from ganpaint.dissect import load_dissection
-    from ganpaint.paintapp import PaintApp
-    d = load_dissection(ROOT / "models" / "dissection")
+    from ganpaint.apps import registry
+    from ganpaint.core.dissection import Dissection
+    from ganpaint.apps.paintapp import PaintApp
+    d = Dissection.load(ROOT / "models" / "dissection")
     app = PaintApp(registry.generator_from_dissection(d, ROOT / "models" / "dissection" / "dissection.json"),
                    d, out_dir=tmp / "expected")
     times = sorted(t for r in out.values() for t in r["times"])

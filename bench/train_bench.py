@@ -11,8 +11,8 @@ import time
 
 import torch
 
-from ganpaint.scenegan import CONFIG, Trainer
-from ganpaint.scenes import SceneStream
+from ganpaint.world.scenegan import CONFIG, Trainer
+from ganpaint.world.scenes import SceneStream
 
 THIN = dict(CONFIG, channels=[256, 256, 256, 256, 128, 96, 48, 24])  # fewer high-res channels
 VARIANTS = {  # name: (batch size, Trainer keyword arguments, what to torch.compile)

@@ -2,8 +2,8 @@
 import each other). Helpers that are plain functions live in tests/toy.py."""
 import pytest
 
-from ganpaint.dissect import dissect
-from ganpaint.intervene import Painter
+from ganpaint.core.dissect import dissect
+from ganpaint.core.intervene import Painter
 from tests.toy import source
 
 
@@ -13,7 +13,7 @@ def painter(tmp_path_factory):
     small enough to build once per module, real enough to rank, ablate and insert."""
     src = source()
     d = dissect(src, ["layer4"], tmp_path_factory.mktemp("d"), samples=48, batch_size=16,
-                progress=False, report=False, log=lambda *a: None)
+                progress=False, log=lambda *a: None)
     return Painter(src.generator, d, "layer4")
 
 

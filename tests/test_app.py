@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ganpaint.dissect import dissect, upsampled
-from ganpaint.paintapp import CANVAS, GRID_VIEW, VIEW, PaintApp, Session
+from ganpaint.core.dissect import dissect
+from ganpaint.core.upsample import upsampled
+from ganpaint.apps.paintapp import CANVAS, GRID_VIEW, VIEW, PaintApp, Session
 from tests.toy import source
 
 
@@ -12,7 +13,7 @@ from tests.toy import source
 def app(tmp_path_factory):
     src = source()
     d = dissect(src, ["layer4"], tmp_path_factory.mktemp("d"), samples=48, batch_size=16,
-                progress=False, report=False, log=lambda *a: None)
+                progress=False, log=lambda *a: None)
     return PaintApp(src.generator, d, out_dir=tmp_path_factory.mktemp("out"))
 
 
@@ -109,7 +110,7 @@ def test_handler_errors_reach_the_user(app):
     """Every handler is guarded: an error is a gr.Error carrying the message (Gradio shows a bare
     "Error" for other exceptions)."""
     import gradio as gr
-    from ganpaint.paintapp import build_demo, guard
+    from ganpaint.apps.paintapp import build_demo, guard
     with pytest.raises(gr.Error, match="unit must be in 0..7"):
         guard(app.unit_concepts)(999)
     with pytest.raises(gr.Error, match="unknown concept 'unicorn'"):
@@ -122,8 +123,8 @@ def test_handler_errors_reach_the_user(app):
 
 
 def test_replies_leave_a_bounded_number_of_files(app, monkeypatch):
-    import ganpaint.paintapp as pa
-    from ganpaint.paintapp import build_demo
+    import ganpaint.apps.paintapp as pa
+    from ganpaint.apps.paintapp import build_demo
     monkeypatch.setattr(pa, "KEEP_FILES", 3)
     paths = [app.new_scene(i)[3] for i in range(7)]
     left = sorted(str(p) for p in app.out_dir.glob("*.png"))
@@ -132,7 +133,7 @@ def test_replies_leave_a_bounded_number_of_files(app, monkeypatch):
 
 
 def test_oversized_stroke_layers_are_refused(app, tmp_path, monkeypatch):
-    from ganpaint.paintapp import MAX_LAYER, limit_decoding
+    from ganpaint.apps.paintapp import MAX_LAYER, limit_decoding
     big = np.zeros((MAX_LAYER + 1, 8, 4), np.uint8)
     with pytest.raises(ValueError, match=f"at most {MAX_LAYER}×{MAX_LAYER}"):
         app.brush_mask({"layers": [big]})
@@ -146,12 +147,12 @@ def test_oversized_stroke_layers_are_refused(app, tmp_path, monkeypatch):
 
 def test_the_app_opens_on_a_scene_with_a_building_and_a_tree():
     """The first seed whose scene the segmenter sees holding both; earlier seeds lack one."""
-    from ganpaint import registry
-    from ganpaint.checkpoint import MODELS
-    from ganpaint.dissect import load_dissection
-    from ganpaint.labels import INDEX
+    from ganpaint.apps import registry
+    from ganpaint.core.checkpoint import MODELS
+    from ganpaint.core.dissection import Dissection
+    from ganpaint.world.labels import INDEX
     seg = registry.load_segmenter("scenes")
-    app = PaintApp(registry.load_generator("scenes"), load_dissection(MODELS / "dissection"), seg)
+    app = PaintApp(registry.load_generator("scenes"), Dissection.load(MODELS / "dissection"), seg)
     first = app.first_seed(limit=40)
     lab = seg.segment(app.painter.render(app.painter.generator.latents(range(first + 1), 0)))
     share = lambda l, c: (l == INDEX[c]).float().mean()  # noqa: E731
@@ -176,12 +177,11 @@ def test_a_stroke_applies_on_release_and_replacing_the_canvas_is_no_new_stroke(a
 
 
 def test_each_stroke_lists_the_units_it_switched(app):
-    from ganpaint.ranking import rank_units
     editor, session, *_ = app.new_scene(10)
     c = app.concepts[0]
     painted = {**editor, "layers": [stroke_layer(0, CANVAS // 4, 0, CANVAS // 4)]}
     _, s1, *_, msg = app.paint(painted, session, c, "draw", "low (4 units)", 1.0)
-    rows = rank_units(app.dissection, c, app.painter.layer, 4, app.painter.ranking(c))
+    rows = app.dissection.rank(c, app.painter.ranking(c), app.painter.layer, 4)
     switched = app.painter.stroke(c, s1.strokes[0]["mask"], "draw", 4).units
     assert [r["unit"] for r in rows] == list(switched)  # what the engine really switched
     for r in rows:
@@ -192,7 +192,7 @@ def test_each_stroke_lists_the_units_it_switched(app):
     assert [t[1] for t in table] == units and len(items) == 4
     # without a stroke: the chosen concept's top units
     concept, head, items, table, units = app.units_tab(session, app.concepts[-1])
-    ranked = rank_units(app.dissection, app.concepts[-1], app.painter.layer, 12)
+    ranked = app.dissection.rank(app.concepts[-1], layer=app.painter.layer, top=12)
     assert concept == app.concepts[-1] and units == [r["unit"] for r in ranked]
     strip = items[0][0]
     assert strip.shape == (2 * 96, 2 * 96, 3) and f"unit {units[0]}" in items[0][1]
@@ -200,7 +200,7 @@ def test_each_stroke_lists_the_units_it_switched(app):
 
 
 def test_before_after_shows_the_original_beside_the_edit_and_labels_on_request(app):
-    from ganpaint.paintapp import PaintApp
+    from ganpaint.apps.paintapp import PaintApp
     from tests.toy import ToySegmenter
     editor, session, *_ = app.new_scene(11)
     painted = {**editor, "layers": [stroke_layer(0, CANVAS, 0, CANVAS // 2)]}
@@ -220,7 +220,7 @@ def test_before_after_shows_the_original_beside_the_edit_and_labels_on_request(a
     assert np.array_equal(cmp2[20 + half:20 + 2 * half, half:], expect)
     assert np.array_equal(colours, seg_app.seg_colors[lab])
     # colours by concept name, from assets/labels.json (any segmenter's label order)
-    from ganpaint.labels import COLORS, lookup
+    from ganpaint.world.labels import COLORS, lookup
 
     class TreeSky(ToySegmenter):
         concepts = ["tree", "sky", "dark", "red"]
@@ -271,7 +271,7 @@ def test_concurrent_renders_are_batched_and_exact(app):
 
 
 def test_the_page_wires_paint_on_release_undo_keys_and_the_trash_icon(app):
-    from ganpaint.paintapp import HEAD, build_demo
+    from ganpaint.apps.paintapp import HEAD, build_demo
     demo = build_demo(app)
     wired = {(t[1], f.fn.__name__) for f in demo.fns.values() for t in f.targets}
     assert ("input", "stroke_on_release") in wired and ("clear", "clear") in wired

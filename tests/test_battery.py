@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from ganpaint.cli import main
+from ganpaint.apps.cli import main
 
 from tests.toy import DISSECT, TOY, error_line, run_cli
 
@@ -219,7 +219,7 @@ def test_second_dissection_into_a_folder_is_refused(tmp_path, capsys):
 
 def test_results_before_json_and_no_temporary_files(tmp_path, monkeypatch):
     """dissection.json is the commit point: renamed into place after results.npz (and the report)."""
-    import ganpaint.dissect as dissect_module
+    import ganpaint.core.dissect as dissect_module
     order = []
     real = os.replace
 

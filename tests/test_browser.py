@@ -55,10 +55,10 @@ def server():
 
 @pytest.fixture(scope="module")
 def model():
-    from ganpaint import registry
-    from ganpaint.dissect import load_dissection
-    from ganpaint.intervene import Painter
-    d = load_dissection(ROOT / "models" / "dissection")
+    from ganpaint.apps import registry
+    from ganpaint.core.dissection import Dissection
+    from ganpaint.core.intervene import Painter
+    d = Dissection.load(ROOT / "models" / "dissection")
     g = registry.load_generator("scenes")
     return Painter(g, d), registry.load_segmenter("scenes")
 

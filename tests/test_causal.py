@@ -4,9 +4,8 @@ import json
 import pytest
 import torch
 
-from ganpaint import causal
-from ganpaint.generator import Generator
-from ganpaint.ranking import best_ranking, rank_units
+from ganpaint.core import causal
+from ganpaint.adapters.generator import Generator
 from tests.toy import SoftSegmenter, causal_generator, context_generator
 
 
@@ -92,27 +91,27 @@ def test_saved_rankings_are_merged_into_the_dissection(tmp_path, gen):
          "layers": {"layer1": {"units": 8, "unit_stats": units,
                                "ranking": {"bright": [{"unit": 2, "iou": 0.9}, {"unit": 0, "iou": 0.8}]}}}}
     (tmp_path / "dissection.json").write_text(json.dumps(d))
-    from ganpaint.dissect import load_dissection
-    assert best_ranking(load_dissection(tmp_path), "bright", "layer1") == "iou"
+    from ganpaint.core.dissection import Dissection
+    assert Dissection.load(tmp_path).best_ranking("bright", "layer1") == "iou"
     with pytest.raises(ValueError, match="rank-causal"):
-        rank_units(load_dissection(tmp_path), "bright", "layer1", by="causal")
-    causal.learn_all(gen, SoftSegmenter(), d, tmp_path, ["bright"], samples=32, steps=100,
+        Dissection.load(tmp_path).rank("bright", "causal", "layer1")
+    causal.learn_all(gen, SoftSegmenter(), Dissection.load(tmp_path), ["bright"], samples=32, steps=100,
                      batch_size=8, progress=False, log=lambda *a: None)
-    loaded = load_dissection(tmp_path)
-    assert best_ranking(loaded, "bright", "layer1") == "causal"
-    assert best_ranking(loaded, "dark", "layer1") == "iou"
-    assert rank_units(loaded, "bright", "layer1", 1, by="iou")[0]["unit"] == 2
-    assert rank_units(loaded, "bright", "layer1", 2, by="causal")[0]["unit"] in (0, 1)
-    assert best_ranking(loaded, "bright", "layer1", local=True) == "causal"  # the fallback
+    loaded = Dissection.load(tmp_path)
+    assert loaded.best_ranking("bright", "layer1") == "causal"
+    assert loaded.best_ranking("dark", "layer1") == "iou"
+    assert loaded.rank("bright", "iou", "layer1", 1)[0]["unit"] == 2
+    assert loaded.rank("bright", "causal", "layer1", 2)[0]["unit"] in (0, 1)
+    assert loaded.best_ranking("bright", "layer1", local=True) == "causal"  # the fallback
     with pytest.raises(ValueError, match="--local"):
-        rank_units(loaded, "bright", "layer1", by="local")
-    causal.learn_all(gen, SoftSegmenter(), d, tmp_path, ["bright"], samples=32, steps=20,
+        loaded.rank("bright", "local", "layer1")
+    causal.learn_all(gen, SoftSegmenter(), Dissection.load(tmp_path), ["bright"], samples=32, steps=20,
                      batch_size=8, progress=False, log=lambda *a: None, local=True)
     assert json.loads((tmp_path / "causal_local.json").read_text())["layer1"]["bright"]["local"]
-    loaded = load_dissection(tmp_path)
-    assert best_ranking(loaded, "bright", "layer1", local=True) == "local"
-    assert best_ranking(loaded, "bright", "layer1") == "causal"
-    assert len(rank_units(loaded, "bright", "layer1", 3, by="local")) == 3
+    loaded = Dissection.load(tmp_path)
+    assert loaded.best_ranking("bright", "layer1", local=True) == "local"
+    assert loaded.best_ranking("bright", "layer1") == "causal"
+    assert len(loaded.rank("bright", "local", "layer1", 3)) == 3
     (tmp_path / "causal.json").write_text("{broken")
     with pytest.raises(ValueError, match="causal.json"):
-        load_dissection(tmp_path)
+        Dissection.load(tmp_path)

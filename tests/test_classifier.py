@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from ganpaint.classifier import CATEGORIES, category
-from ganpaint.labels import INDEX
-from ganpaint.sources import ProbeSource
+from ganpaint.world.classifier import CATEGORIES, category
+from ganpaint.world.labels import INDEX
+from ganpaint.world.probe import ProbeSource
 from tests.toy import ROOT, tiny_classifier
 
 

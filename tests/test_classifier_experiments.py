@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from ganpaint import classifier_experiments as ce
-from ganpaint.sources import ProbeSource
+from ganpaint.apps import classifier_experiments as ce
+from ganpaint.world.probe import ProbeSource
 from tests.toy import tiny_classifier
 
 

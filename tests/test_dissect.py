@@ -6,7 +6,8 @@ import sys
 import pytest
 import torch
 
-from ganpaint.dissect import dissect, upsampled
+from ganpaint.core.dissect import dissect
+from ganpaint.core.upsample import upsampled
 from tests.toy import ROOT, source
 
 
@@ -130,8 +131,9 @@ def test_torchrun_two_processes_equals_one(tmp_path):
 
 def test_report_files(tmp_path):
     out = tmp_path / "r"
+    from ganpaint.apps.report import make_report
     dissect(source(), ["layer4"], out, samples=32, batch_size=16, progress=False,
-            log=lambda *a: None)
+            log=lambda *a: None, report=make_report)
     html = (out / "report.html").read_text()
     assert "layer4" in html and "unit_0007.png" in html
     assert "Levels from the raw activations (the published method)" in html  # the definition
@@ -172,14 +174,14 @@ def test_full_tail_best_threshold_iou_is_exact(tmp_path):
     """With tail=1 the histogram spans each unit's whole range; IoU at every bin edge is exact,
     so the best threshold found equals the brute-force best over those edges."""
     import numpy as np
-    from ganpaint.stats import TailStats
+    from ganpaint.core.stats import TailStats
     result = run(tmp_path / "d", samples=64, tail=1.0, level_from="upsampled")
     src = source()
     acts, labels, _ = src.batch(list(range(64)), ["layer4"])
     a = upsampled(acts["layer4"], labels.shape[-1]).transpose(0, 1).reshape(8, -1)
     lab = labels.reshape(-1)
     st = TailStats.from_state_dict(
-        __import__("ganpaint.checkpoint", fromlist=["load"]).load(tmp_path / "d" / "partial" / "state.pt")["stats"]["layer4"])
+        __import__("ganpaint.core.checkpoint", fromlist=["load"]).load(tmp_path / "d" / "partial" / "state.pt")["stats"]["layer4"])
     best, thr = st.best_threshold_iou()
     for u in range(8):
         share = (a[u] > result["layers"]["layer4"]["unit_stats"][u]["level"]).double().mean().item()
@@ -201,7 +203,7 @@ def test_sparse_relu_units_are_exact(level_from):
     are never binned; a unit active on fewer than q of the pixels gets level 0 exactly and its
     IoU is that of act > 0; a unit active more often gets its quantile as usual (of the raw or
     the upsampled values)."""
-    from ganpaint.stats import TailStats
+    from ganpaint.core.stats import TailStats
     g = torch.Generator().manual_seed(0)
     n, units, h, size, q = 64, 3, 4, 16, 0.01
     act = torch.rand(n, units, h, h, generator=g) * 4
@@ -232,7 +234,7 @@ def test_binning_agrees_with_the_bin_edges():
     """Counting bins by arithmetic ((v − floor) · gain, log-spaced above) puts each upsampled
     value in the bin its edges say, also for values far beyond the warm-up (log bins, overflow),
     channels-last activations and non-contiguous label maps; values under the floor are skipped."""
-    from ganpaint.stats import TailStats
+    from ganpaint.core.stats import TailStats
     g = torch.Generator().manual_seed(1)
     n, units, h, size, concepts = 24, 5, 6, 20, 4
     act = torch.randn(n, units, h, h, generator=g)
@@ -255,3 +257,39 @@ def test_binning_agrees_with_the_bin_edges():
     assert got.sum() > 0 and (got.sum((1, 2)) - expected.sum((1, 2))).abs().max() <= 2  # rounding at the floor
     assert (got - expected).abs().sum() <= 0.002 * expected.sum() + 4  # rounding at bin edges
     assert got[3, st.bins].sum() >= 1 and got[3, main + 1: st.bins].sum() >= 1
+
+
+def test_in_memory_dissection_equals_the_saved_one(tmp_path):
+    """dissect() without a folder writes nothing and gives the same document and arrays as a
+    saved run; tally() gives the statistics those are read from."""
+    import numpy as np
+
+    from ganpaint.core.dissect import tally
+    from ganpaint.core.dissection import Dissection
+    saved = run(tmp_path / "d", samples=48)
+    mem = run(None, samples=48)
+    assert isinstance(mem, Dissection) and mem.path is None and saved.path == tmp_path / "d"
+    assert dict(mem) == dict(Dissection.load(tmp_path / "d"))
+    for layer in ("layer3", "layer4"):
+        np.testing.assert_array_equal(mem.results(layer)["iou"], saved.results(layer)["iou"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+    stats = tally(source(), ["layer4"], samples=48, batch_size=16, progress=False)
+    level = stats["layer4"].level()[0].numpy()
+    np.testing.assert_allclose(level, mem.results("layer4")["level"], rtol=1e-6)
+    unit = int(np.argmax(level))
+    assert mem.level(unit, 0.01, "layer4") == mem["layers"]["layer4"]["unit_stats"][unit]["levels"]["0.01"]
+    with pytest.raises(KeyError, match="Valid quantiles: 0.01, 0.005"):
+        mem.level(unit, 0.2, "layer4")
+
+
+def test_aliases_are_kept_with_the_dissection(tmp_path):
+    """A segmenter's other words for its concepts are saved, so `rank` takes either."""
+    src = source()
+    src.segmenter.aliases = {"shiny": src.segmenter.concepts[1]}
+    d = run(tmp_path / "d", src, samples=32)
+    from ganpaint.core.dissection import Dissection
+    loaded = Dissection.load(tmp_path / "d")
+    assert loaded.aliases == {"shiny": src.segmenter.concepts[1]}
+    assert loaded.rank("SHINY", layer="layer4") == d.rank(src.segmenter.concepts[1], layer="layer4")
+    with pytest.raises(KeyError, match="unknown concept 'dull'.*Valid concepts"):
+        loaded.rank("dull", layer="layer4")

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from ganpaint import experiments
-from ganpaint.evaluate import frechet
+from ganpaint.apps import experiments
+from ganpaint.apps.evaluate import frechet
 from tests.toy import ToySegmenter
 
 def test_ablation_curve_shape_and_reproducible(painter, tmp_path):
@@ -47,16 +47,16 @@ class _RenderGenerator:
         return torch.tensor(idx)
 
     def __call__(self, z):
-        from ganpaint.scenes import render_batch, to_tensor_images
+        from ganpaint.world.scenes import render_batch, to_tensor_images
         x = to_tensor_images(render_batch([7_000_000 + int(i) for i in z], 64)[0])
         g = torch.Generator().manual_seed(int(z[0]))
         return (x + self.noise * torch.randn(x.shape, generator=g)).clamp(-1, 1)
 
 @pytest.mark.slow
 def test_eval_gan_judges_with_segmenter_and_an_independent_network():
-    from ganpaint.classifier import features, load_classifier
-    from ganpaint.evaluate import check_bars, eval_gan
-    from ganpaint.segmenter import load_segmenter
+    from ganpaint.world.classifier import features, load_classifier
+    from ganpaint.apps.evaluate import check_bars, eval_gan
+    from ganpaint.world.segmenter import load_segmenter
     seg, net = load_segmenter(), load_classifier()
     run = dict(samples=100, batch_size=50, progress=False, judge=lambda x: features(net, x))
     clean, noisy = eval_gan(_RenderGenerator(), seg, **run), eval_gan(_RenderGenerator(0.5), seg, **run)
@@ -97,12 +97,12 @@ def test_painting_picks_the_cells_a_person_would():
 def test_painting_figures_on_the_shipped_model():
     """Few scenes, but the real model: scenes are taken in seed order, each figure counts the
     scenes it used, and removing trees leaves fewer tree pixels in every scene."""
-    from ganpaint import registry
-    from ganpaint.dissect import load_dissection
-    from ganpaint.intervene import Painter
-    from ganpaint.checkpoint import MODELS
+    from ganpaint.apps import registry
+    from ganpaint.core.dissection import Dissection
+    from ganpaint.core.intervene import Painter
+    from ganpaint.core.checkpoint import MODELS
     g, seg = registry.load_generator("scenes"), registry.load_segmenter("scenes")
-    painter = Painter(g, load_dissection(MODELS / "dissection"))
+    painter = Painter(g, Dissection.load(MODELS / "dissection"))
     r = experiments.painting(painter, seg, scenes=(3, 4, 2), progress=False)
     assert len(r["door_dab"]["wall_gain"]) == 3 == len(r["scenes"]["wall"])
     assert len(r["tree_stroke"]["left"]) == 4 and len(r["tree_draw_gain"]) == 2
@@ -121,15 +121,15 @@ def test_unit_counts_out_of_range_are_refused(painter):
         experiments.insertion(painter, seg, "red", units=-3, samples=4, progress=False)
 
 def test_segmenter_evaluation_needs_samples():
-    from ganpaint.segmenter import evaluate
+    from ganpaint.world.segmenter import evaluate
     with pytest.raises(ValueError, match="at least 1"):
         evaluate(ToySegmenter(), samples=0)
 
 def test_eval_gan_with_a_segmenter_without_features():
     """features() is optional in the Segmenter protocol: eval-gan skips that one distance and
     says so, instead of failing on a custom segmenter (AttributeError before)."""
-    from ganpaint.evaluate import check_bars, eval_gan
-    from ganpaint.segmenter import load_unet
+    from ganpaint.apps.evaluate import check_bars, eval_gan
+    from ganpaint.world.segmenter import load_unet
 
     class Labels:  # only the required protocol: concepts and segment()
         def __init__(self, seg):

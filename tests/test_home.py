@@ -4,7 +4,8 @@ import shutil
 
 import pytest
 
-from ganpaint import checkpoint, home
+from ganpaint.core import checkpoint
+from ganpaint import home
 
 
 def test_checkout_folders_are_found():

@@ -2,8 +2,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from ganpaint.hooks import Trace
-from ganpaint.labels import UnknownNameError
+from ganpaint.core.hooks import Trace
+from ganpaint.core.names import UnknownNameError
 
 
 def net():

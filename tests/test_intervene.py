@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from ganpaint.intervene import Painter, Stroke, apply_strokes, pool_mask
-from ganpaint.labels import UnknownNameError
+from ganpaint.core.intervene import Painter, Stroke, apply_strokes, pool_mask
+from ganpaint.core.names import UnknownNameError
 
 
 def z(p, n=2):

@@ -11,14 +11,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from ganpaint import checkpoint
-from ganpaint.encoder import Encoder, export, load_encoder, train_encoder
-from ganpaint.generator import Generator
-from ganpaint.intervene import Stroke
-from ganpaint.invert import (ImageError, Inversion, InversionError, composite, composite_region,
+from ganpaint.core import checkpoint
+from ganpaint.apps.encoder import Encoder, export, load_encoder, train_encoder
+from ganpaint.adapters.generator import Generator
+from ganpaint.core.intervene import Stroke
+from ganpaint.apps.invert import (ImageError, Inversion, InversionError, composite, composite_region,
                              evaluate, invert,
                              load_image, psnr, receptive_growth, stroke_cells)
-from ganpaint.scenes import render, to_tensor_images
+from ganpaint.world.scenes import render, to_tensor_images
 from tests.toy import tiny_generator
 
 
@@ -81,8 +81,8 @@ def test_adaptation_improves_the_reconstruction_and_the_penalty_keeps_weights_cl
 
 
 def test_perceptual_loss_from_a_unet_segmenter_encoder():
-    from ganpaint.invert import perceptual_network
-    from ganpaint.segmenter import UNet, UNetSegmenter
+    from ganpaint.apps.invert import perceptual_network
+    from ganpaint.world.segmenter import UNet, UNetSegmenter
     torch.manual_seed(0)
     seg = UNetSegmenter(UNet(3, width=4), ["a", "b", "c"], 16)
     feats = perceptual_network(seg)(scene())

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ganpaint.cli import main
+from ganpaint.apps.cli import main
 from tests.toy import DISSECT, TOY, error_line, run_cli as cli
 
 FAST = ["--starts", "2", "--z-steps", "3", "--feature-steps", "3", "--adapt-steps", "3",

@@ -1,6 +1,7 @@
 import pytest
 
-from ganpaint import labels
+from ganpaint.core.names import UnknownNameError
+from ganpaint.world import labels
 
 
 def test_lookup_names_and_aliases():
@@ -10,7 +11,7 @@ def test_lookup_names_and_aliases():
 
 
 def test_unknown_concept_suggests():
-    with pytest.raises(labels.UnknownNameError) as e:
+    with pytest.raises(UnknownNameError) as e:
         labels.lookup("dorr")
     msg = str(e.value)
     assert "'door'" in msg and "Valid concepts" in msg and "sky" in msg

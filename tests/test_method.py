@@ -6,15 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from ganpaint import registry
-from ganpaint import stylegan2 as sg
-from ganpaint.cli import main
-from ganpaint.dissect import dissect, load_dissection
-from ganpaint.generator import Generator
-from ganpaint.sources import GeneratorSource, ProbeSource
+from ganpaint.apps import registry
+from ganpaint.adapters import stylegan2 as sg
+from ganpaint.apps.cli import main
+from ganpaint.core.dissect import dissect
+from ganpaint.core.dissection import Dissection
+from ganpaint.adapters.generator import Generator
+from ganpaint.core.sources import GeneratorSource
+from ganpaint.world.probe import ProbeSource
 from tests import toy
 
-QUIET = dict(progress=False, report=False, log=lambda *a: None)
+QUIET = dict(progress=False, log=lambda *a: None)
 
 
 def _dissect(out, seg, seg_id, samples=48):
@@ -49,12 +51,11 @@ def test_ignore_label_is_neither_ranked_nor_counted(tmp_path, plain, seg):
         assert lay["ranking"][c] == ref["ranking"][c]
     with np.load(tmp_path / "d" / "results.npz") as z:
         assert z["layer4/iou"].shape == (8, 3)
-    loaded = load_dissection(tmp_path / "d")
-    from ganpaint.ranking import concept_table, rank_units
-    assert [r["concept"] for r in concept_table(loaded)] and all(
-        r["concept"] in kept for r in concept_table(loaded))
+    loaded = Dissection.load(tmp_path / "d")
+    assert [r["concept"] for r in loaded.concept_table()] and all(
+        r["concept"] in kept for r in loaded.concept_table())
     with pytest.raises(KeyError):
-        rank_units(loaded, dark)
+        loaded.rank(dark)
 
 
 def test_ignore_label_for_classifiers(tmp_path):
@@ -68,7 +69,7 @@ def test_ignore_label_for_classifiers(tmp_path):
 
 def test_old_dissections_load_as_upsampled(capsys):
     """The shipped dissection predates the choice: its levels are the upsampled maps'."""
-    d = load_dissection("models/dissection")
+    d = Dissection.load("models/dissection")
     assert d["level_from"] == "upsampled"
     assert main(["rank", "--dissection", "models/dissection", "--list"]) == 0
     out = capsys.readouterr().out
@@ -180,14 +181,14 @@ def test_stylegan2_spec_in_a_dissection_runs_no_code():
 def test_stylegan2_rank_causal_and_app(tmp_path, capsys):
     """rank-causal learns on a StyleGAN2 dissection (one hooked full pass per step, no split),
     and the app's generator comes back with the recorded model arguments and paints."""
-    from ganpaint.paintapp import PaintApp
+    from ganpaint.apps.paintapp import PaintApp
     ckpt = tiny_stylegan2(tmp_path / "tiny.pt")
     out, seg = tmp_path / "d", ["--segmenter", "tests.toy:SoftSegmenter"]
     assert main(["dissect", "--model", f"stylegan2:{ckpt}", "--model-arg", "noise=latent", *seg,
                  "--samples", "8", "--batch-size", "4", "--no-report", "--out", str(out)]) == 0
     assert main(["rank-causal", "--dissection", str(out), *seg, "--concepts", "bright",
                  "--samples", "4", "--steps", "2", "--batch-size", "4", "--device", "cpu"]) == 0
-    d = load_dissection(out)
+    d = Dissection.load(out)
     assert "bright" in d["layers"]["b8.conv1"]["causal"]
     g = registry.generator_from_dissection(d, out / "dissection.json")
     assert g.model_args == {"noise": "latent"} and g.model.noise == "latent"

@@ -4,7 +4,9 @@ import pickle
 import pytest
 import torch
 
-from ganpaint import checkpoint, progan, registry
+from ganpaint.core import checkpoint
+from ganpaint.adapters import progan
+from ganpaint.apps import registry
 
 CHANNELS = [512] * 8 + [256, 256, 128, 128, 64, 64]
 

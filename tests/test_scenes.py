@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
-from ganpaint import labels, scenes
-from ganpaint.scenes import CLOUD, DOOR, DOME, ROOF, WINDOW, layout, render
+from ganpaint.world import labels
+from ganpaint.world import scenes
+from ganpaint.world.scenes import CLOUD, DOOR, DOME, ROOF, WINDOW, layout, render
 
 SEEDS = range(60)
 

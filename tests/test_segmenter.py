@@ -1,11 +1,11 @@
 import pytest
 import torch
 
-from ganpaint import checkpoint
-from ganpaint.augment import degrade
-from ganpaint.labels import CONCEPTS
-from ganpaint.scenes import HELDOUT_SEED, render_batch, to_tensor_images
-from ganpaint.segmenter import DEFAULT_WEIGHTS, confusion, evaluate, load_segmenter, scores
+from ganpaint.core import checkpoint
+from ganpaint.world.augment import degrade
+from ganpaint.world.labels import CONCEPTS
+from ganpaint.world.scenes import HELDOUT_SEED, render_batch, to_tensor_images
+from ganpaint.world.segmenter import DEFAULT_WEIGHTS, confusion, evaluate, load_segmenter, scores
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ganpaint import stylegan2 as sg
-from ganpaint.intervene import Stroke, apply_strokes
+from ganpaint.adapters import stylegan2 as sg
+from ganpaint.core.intervene import Stroke, apply_strokes
 
 # Key names and shapes of a real 256-px, channel-multiplier-2 checkpoint's `g_ema` (style_dim
 # 512, n_mlp 8), as rosinality's model.py defines them (and its convert_weight.py fills them).

@@ -2,8 +2,10 @@
 import pytest
 import torch
 
-from ganpaint import checkpoint, scenegan, train_segmenter
-from ganpaint.segmenter import load_segmenter
+from ganpaint.core import checkpoint
+from ganpaint.world import scenegan
+from ganpaint.world import train_segmenter
+from ganpaint.world.segmenter import load_segmenter
 
 
 def quiet(*a):

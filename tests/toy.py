@@ -5,8 +5,8 @@ from pathlib import Path
 
 import torch
 
-from ganpaint.progan import ProGAN
-from ganpaint.segmenter import Segmenter
+from ganpaint.adapters.progan import ProGAN
+from ganpaint.core.sources import Segmenter
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout: subprocess tests run from it
 
@@ -42,7 +42,7 @@ def toy_segmenter():
 
 def tiny_classifier(seed=0):
     """A small SceneCNN with random weights, for classifier dissection tests."""
-    from ganpaint.classifier import SceneCNN
+    from ganpaint.world.classifier import SceneCNN
     torch.manual_seed(seed)
     return SceneCNN(widths=(4, 4, 8, 8, 8))
 
@@ -167,8 +167,8 @@ def outside_ignore_segmenter():
 def source(seed=0):
     """The tiny generator with the toy segmenter as a dissection source (the ids it records
     are import paths into this module)."""
-    from ganpaint.generator import Generator
-    from ganpaint.sources import GeneratorSource
+    from ganpaint.adapters.generator import Generator
+    from ganpaint.core.sources import GeneratorSource
     g = tiny_generator()
     return GeneratorSource(Generator(g, g.z_dim, "tests.toy:tiny_generator"), ToySegmenter(), seed,
                            segmenter_id="tests.toy:toy_segmenter")
@@ -182,7 +182,7 @@ DISSECT = ["dissect", *TOY, "--layers", "layer3", "--samples", "32", "--batch-si
 
 def run_cli(capsys, args):
     """(exit code, stdout, stderr) of `ganpaint args`, run in this process."""
-    from ganpaint.cli import main
+    from ganpaint.apps.cli import main
     capsys.readouterr()
     try:
         code = main([str(a) for a in args])
