@@ -66,7 +66,9 @@ def serve(a):
             d.get("segmenter"), "segmenter", ddir / "dissection.json", "--segmenter", a.trust))
     except (ValueError, CheckpointError, FileNotFoundError):
         seg = None
-    app = PaintApp(g, d, segmenter=seg, layer=a.layer)
+    from ganpaint.apps.encoder import shipped_encoder
+    enc = shipped_encoder(g, registry.device(a.device), print)  # for uploads ("your image")
+    app = PaintApp(g, d, segmenter=seg, layer=a.layer, encoder=enc)
     limit_decoding()
     demo = build_demo(app, ddir / "experiments")
     demo.queue(default_concurrency_limit=2)

@@ -277,3 +277,41 @@ def test_the_page_wires_paint_on_release_undo_keys_and_the_trash_icon(app):
     assert ("input", "stroke_on_release") in wired and ("clear", "clear") in wired
     assert ("select", "open_units") in wired and ("select", "pick_unit") in wired
     assert "keydown" in HEAD and "#undo" in HEAD and "'z'" in HEAD.replace('"', "'")
+
+
+@pytest.mark.slow
+def test_upload_paints_on_your_image(app, tmp_path):
+    """'upload your image': inverted, painted like a scene, the edit composited into the upload;
+    the download is the upload at its own size, unchanged outside the edit."""
+    from ganpaint.apps.invert import ImageError
+    z = app.painter.generator.latents([11])
+    scene = app.view(to_uint8(app.painter.render(z)), 96)  # a picture the model can draw
+    photo = np.concatenate([scene, scene[:, :24]], 1)  # 120×96: not square
+    path = tmp_path / "mine.png"
+    Image.fromarray(photo).save(path)
+    editor, session, _, download, _, msg = app.upload(str(path), Session(seed=4))
+    assert session.photo is not None and session.seed == 4
+    assert "centre-cropped from 120×96 to 96×96" in msg and "dB PSNR" in msg
+    got = np.asarray(Image.open(download))
+    assert got.shape == photo.shape and np.array_equal(got, photo)  # no stroke: the upload itself
+    inv = session.photo  # optimisation and adaptation improved on the best random start
+    assert inv.psnr >= inv.stats["psnr_start"] + 1 and f"{inv.psnr:.1f} dB" in msg
+    cell = CANVAS // 8
+    ed2, s2, _, download2, _, msg2 = app.paint({**editor, "layers": [stroke_layer(0, cell, 0, cell)]},
+                                               session, app.concepts[0], "remove",
+                                               "high (20 units)", 1.0)
+    edited = np.asarray(Image.open(download2)).astype(int)
+    diff = np.abs(edited - photo).sum(-1)
+    assert diff[:, 12:108].max() > 0  # the edit reached the crop (x 12..108 of the upload)
+    assert diff[:, :12].max() == 0 and diff[:, 108:].max() == 0  # outside the crop: untouched
+    assert diff[60:, 70:108].max() == 0  # far from the top-left cell: the upload's pixels
+    assert app.undo(s2)[1].photo is session.photo  # undo keeps painting on the upload
+    assert app.new_scene(7, s2)[1].photo is None  # a seed goes back to generated scenes
+    (tmp_path / "notes.txt").write_text("not an image")
+    with pytest.raises(ImageError, match="not an image"):
+        app.upload(str(tmp_path / "notes.txt"), session)
+
+
+def to_uint8(x):
+    from ganpaint.world.scenes import to_uint8_images
+    return to_uint8_images(x)[0]

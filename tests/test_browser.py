@@ -453,3 +453,55 @@ def test_before_after_units_and_ctrl_z(server, model):
     finally:
         b.close()
         pw.stop()
+
+
+def test_upload_your_image_remove_a_tree_and_download(server, model, tmp_path):
+    """Issue 22 in the browser: upload a picture (a held-out render, not square), see it
+    reconstructed with its PSNR, remove its tree, and download the result at the picture's size:
+    fewer tree pixels under the stroke, and the picture's own pixels away from the edit."""
+    from ganpaint.world.scenes import HELDOUT_SEED, INDEX, render
+    painter, seg = model
+    for seed in range(HELDOUT_SEED, HELDOUT_SEED + 200):  # the first render with a tree
+        img, lab = render(seed, 192)
+        share = torch.nn.functional.avg_pool2d(
+            torch.from_numpy(lab == INDEX["tree"]).float()[None, None], 24)[0, 0]
+        if (share > 0.5).sum() >= 3:
+            break
+    cells = component(share.numpy() > 0.3)
+    photo = np.concatenate([img, img[:, :48]], 1)  # 240×192: the app crops the centre square
+    path = tmp_path / "my_garden.png"
+    Image.fromarray(photo).save(path)
+    pw, b = browser()
+    try:
+        page = Page(b, server)
+
+        def upload():
+            with page.pg.expect_file_chooser() as chooser:
+                page.pg.locator("#upload").click()
+            chooser.value.set_files(str(path))
+        page.wait_change(upload, timeout=180000)
+        status = page.status()
+        assert "your image" in status and "centre-cropped from 240×192" in status and "dB" in status
+        page.pg.wait_for_timeout(1500)  # the canvas redraws its background
+        before = page.image()
+        assert before.shape == photo.shape and np.array_equal(before, photo)
+        page.choose("tree", "remove", "high (20 units)")
+        # the upload's crop is x 24..216: its cells are the render's
+        page.paint(cells)
+        page.pg.screenshot(path=str(ARTIFACTS / "upload_remove_tree.png"))
+        after = page.image()
+    finally:
+        b.close()
+        pw.stop()
+    assert after.shape == photo.shape
+    crop = lambda a: a[:, 24:216]  # noqa: E731
+    inside = torch.nn.functional.interpolate(torch.as_tensor(cells, dtype=torch.float32)[None, None],
+                                             size=(192, 192))[0, 0].bool().numpy()
+    t_before = concept_pixels(seg, np.ascontiguousarray(crop(photo)), "tree", region(cells))
+    t_after = concept_pixels(seg, np.ascontiguousarray(crop(after)), "tree", region(cells))
+    print(f"tree pixels under the stroke {t_before} → {t_after}")
+    assert t_after < t_before
+    far = ~torch.nn.functional.max_pool2d(torch.as_tensor(inside, dtype=torch.float32)[None, None],
+                                          121, 1, 60)[0, 0].bool().numpy()
+    assert np.array_equal(crop(after)[far], crop(photo)[far])  # the picture's own pixels
+    assert np.array_equal(after[:, :24], photo[:, :24]) and np.array_equal(after[:, 216:], photo[:, 216:])

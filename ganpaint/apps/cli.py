@@ -663,22 +663,14 @@ def _invert_options(a) -> dict:
 def _encoder(a, g, dev):
     """The encoder to start from: --encoder's file, none, or the shipped one when it exists
     (and fits the model: a default that was trained for another model is skipped, with a note)."""
-    from ganpaint.core import checkpoint
-    from ganpaint.apps.encoder import load_encoder
+    from ganpaint.apps.encoder import load_encoder, shipped_encoder
     if a.encoder and a.encoder.lower() == "none":
         return None
     if a.encoder:
         if not Path(a.encoder).is_file():
             raise FileNotFoundError(f"--encoder {a.encoder}: no such file (or pass --encoder none)")
         return load_encoder(a.encoder, dev, g)
-    default = checkpoint.MODELS / "encoder.pt"
-    if not default.is_file():
-        return None
-    try:
-        return load_encoder(default, dev, g)
-    except ValueError as e:
-        print(f"not using the shipped encoder: {e}", file=sys.stderr)
-        return None
+    return shipped_encoder(g, dev, lambda m: print(m, file=sys.stderr))
 
 
 def _default_dissection(a):

@@ -173,3 +173,16 @@ def load_encoder(path=DEFAULT_WEIGHTS, device="cpu", generator=None) -> Encoder:
     if generator is not None and state.get("generator") not in (None, generator.name):
         raise ValueError(f"{path}: trained for model {state['generator']!r}, not {generator.name!r}")
     return enc.to(device).eval()
+
+
+def shipped_encoder(generator, device="cpu", log=None):
+    """The shipped encoder (models/encoder.pt) when there is one and it fits `generator`, else
+    None (inversion then starts from random latents); a misfit is skipped with a note to `log`."""
+    if not DEFAULT_WEIGHTS.is_file():
+        return None
+    try:
+        return load_encoder(DEFAULT_WEIGHTS, device, generator)
+    except ValueError as e:
+        if log is not None:
+            log(f"not using the shipped encoder: {e}")
+        return None

@@ -145,14 +145,17 @@ class Session:
     grid: bool = False  # feature grid drawn over the brush canvas
     compare: bool = False  # before/after view shown
     labels: bool = False  # ... with the segmentation of both
+    photo: object = None  # an uploaded image's `Inversion`: painted instead of scene `seed`
 
 
 class PaintApp:
     """Everything the UI calls; usable (and tested) without a browser."""
 
-    def __init__(self, generator, dissection: Dissection, segmenter=None, layer=None, out_dir=None):
+    def __init__(self, generator, dissection: Dissection, segmenter=None, layer=None, out_dir=None,
+                 encoder=None):
         self.painter = Painter(generator, dissection, layer)
         self.segmenter = segmenter
+        self.encoder = encoder  # starts inversions of uploads (optional: random starts without)
         self.dissection = self.painter.dissection
         self.lock = threading.Lock()  # one generator call at a time across sessions
         self.batcher = Batcher(self)  # concurrent renders are gathered into one generator call
@@ -204,7 +207,12 @@ class PaintApp:
 
     def image(self, session: Session) -> np.ndarray:
         """The session's scene with its strokes, at the model's resolution (uint8 HxWx3):
-        rendered by the batcher, together with other sessions' requests of the same moment."""
+        rendered by the batcher, together with other sessions' requests of the same moment.
+        An uploaded image is edited through its inversion, the edit composited into it."""
+        if session.photo is not None:
+            with self.lock:
+                out = session.photo.edit(self.painter.generator, self.strokes(session))
+            return to_uint8_images(out)[0]
         return self.batcher.render(session.seed, self.strokes(session))
 
     def render_batch(self, jobs) -> list[np.ndarray]:
@@ -295,8 +303,14 @@ class PaintApp:
         return out.clip(0, 255).astype(np.uint8)
 
     def save(self, view: np.ndarray, session: Session) -> str:
-        """Write the edited scene (at VIEW px) as a PNG file (downloads are served as files)."""
-        fd, path = tempfile.mkstemp(prefix=f"scene{session.seed}_", suffix=".png", dir=self.out_dir)
+        """Write the edited scene (at VIEW px) as a PNG file (downloads are served as files); an
+        uploaded image is written at its own resolution, the edit composited into it."""
+        name = f"scene{session.seed}_"
+        if session.photo is not None and session.photo.image is not None:
+            with self.lock:
+                view = session.photo.edit_full(self.painter.generator, self.strokes(session))
+            name = "your_image_"
+        fd, path = tempfile.mkstemp(prefix=name, suffix=".png", dir=self.out_dir)
         os.close(fd)
         Image.fromarray(view).save(path, compress_level=1)
         with self.files_lock:  # Gradio copies the file into its cache: only recent ones are kept
@@ -327,6 +341,27 @@ class PaintApp:
         session = Session(seed=int(seed) if seed is not None else 0, grid=old.grid,
                           compare=old.compare, labels=old.labels)
         return self.outputs(session, f"scene {session.seed}: paint on it")
+
+    def upload(self, path, session: Session | None = None, progress=None):
+        """Paint on the person's own image: invert it into the generator (encoder or random
+        starts, then optimisation and adaptation of the layers after the painting layer), then
+        paint as on a generated scene; edits are composited into the image, the download is at
+        its resolution. Any size: centre-cropped and resized, with a message saying so."""
+        from ganpaint.apps.invert import invert, load_image, output_size
+        if not path:
+            raise ValueError("no file received: choose an image file to upload")
+        old = session or Session()
+        prepared = load_image(path, output_size(self.painter.generator), MAX_LAYER * MAX_LAYER)
+        with self.lock:
+            inv = invert(self.painter.generator, prepared, encoder=self.encoder,
+                         perceptual=self.segmenter, layer=self.painter.layer, progress=progress)
+        session = Session(seed=old.seed, grid=old.grid, compare=old.compare, labels=old.labels,
+                          photo=inv)
+        return self.outputs(session, f"your image: {prepared.message}; reconstructed at "
+                                     f"{inv.psnr:.1f} dB PSNR in {inv.stats['seconds']:.0f} s. "
+                                     f"Paint on it; "
+                                     f"edits are blended into your image (download: full size). "
+                                     f"'load seed' or 'new scene' goes back to generated scenes")
 
     def random_scene(self, session: Session | None = None):
         """A new scene with a random seed (also returned, for the seed box)."""
@@ -559,6 +594,10 @@ def build_demo(app: PaintApp, curves_dir: Path | None = None):
                                              elem_id="seed")
                             load_btn = gr.Button("load seed", elem_id="load")
                             rand_btn = gr.Button("new scene", elem_id="random")
+                        upload_btn = gr.UploadButton(
+                            "upload your image (any size: centre-cropped; about 20 s to invert)",
+                            file_types=["image"], file_count="single", type="filepath",
+                            elem_id="upload")
                         status = gr.Textbox(label="status", interactive=False, elem_id="status", lines=3)
                         grid_view = gr.Image(label="feature cells touched (grid of the painting layer)",
                                              interactive=False, height=256, elem_id="grid")
@@ -568,6 +607,11 @@ def build_demo(app: PaintApp, curves_dir: Path | None = None):
             kw = dict(concurrency_limit=CONCURRENCY, concurrency_id="render")
             load_btn.click(guard(app.new_scene), [seed, session], outs, **kw)
             rand_btn.click(guard(app.random_scene), [session], outs + [seed], **kw)
+
+            def upload(path, sess, progress=gr.Progress()):
+                progress(0.0, desc="inverting your image into the generator")
+                return app.upload(path, sess, lambda f, desc: progress(f, desc=desc))
+            upload_btn.upload(guard(upload), [upload_btn, session], outs, **kw)
             # a stroke applies on release: the editor's input event fires when a stroke ends
             editor.input(guard(app.stroke_on_release), paint_in, outs, show_progress="hidden",
                          trigger_mode="always_last", **kw)
