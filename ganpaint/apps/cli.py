@@ -543,6 +543,48 @@ def _importance(p):
     return run
 
 
+@command("peak-detectors", "single units whose peak activation tells a concept's presence in an image")
+def _peaks(p):
+    _classifier_args(p, 1000)
+    p.add_argument("--layer", default="conv5")
+    p.add_argument("--held-out", type=count(1), default=1000,
+                   help="probe images after the fitting ones, for the reported accuracy")
+    p.add_argument("--min-share", type=share(0.5), default=0.005,
+                   help="a concept is in an image when it covers at least this share of it")
+    p.add_argument("--dissection", default=None,
+                   help="the classifier's dissection, to label each unit by what it detects")
+
+    def run(a):
+        from pathlib import Path
+
+        from ganpaint.apps import peak_detectors as pk
+        from ganpaint.apps.experiments import save
+        from ganpaint.core.dissection import Dissection
+        from ganpaint.world.probe import ProbeSource
+        labels = None
+        if a.dissection:
+            stats = Dissection.load(a.dissection).unit_stats(a.layer)
+            labels = {s["unit"]: f"{s['label']} IoU {s['iou']:.3f}" for s in stats}
+        src = ProbeSource(_classifier(a), a.classifier, device=_device(a))
+        r = pk.peak_detectors(src, a.layer, a.samples, a.held_out, a.batch_size, a.min_share,
+                              labels, progress=not a.json)
+        path = save(r, output_dir(a.out), "peak_detectors")
+        pk.histogram_figure(r, Path(a.out) / "peak_detectors.png")
+        if a.json:
+            print(json.dumps(r))
+            return
+        print(f"{a.layer}: best single-unit peak detector per concept (balanced accuracy on "
+              f"{a.held_out} held-out probe images; chance 0.5)")
+        for c, row in sorted(r["concepts"].items(), key=lambda kv: -kv[1]["balanced_accuracy"]):
+            label = f"  [{row['unit_label']}]" if "unit_label" in row else ""
+            print(f"  {c:<10} unit {row['unit']:>4}  peak > {row['threshold']:<9.4g} "
+                  f"{row['balanced_accuracy']:.3f}  (in {row['presence'] * 100:.0f} % of images){label}")
+        for c, why in r["skipped"].items():
+            print(f"  {c:<10} skipped: {why}")
+        print(f"wrote {path} and {Path(a.out) / 'peak_detectors.png'}")
+    return run
+
+
 @command("samples", "save a picture of generated scenes (and their segmentation), optionally next to renders")
 def _samples(p):
     _model_args(p)
