@@ -91,3 +91,32 @@ def test_unit_importance():
     assert len(row["important_units"]) == 8  # all 8 units when fewer than 20
     assert 0 <= row["remove_top4"]["balanced"] <= 1 and r["chance"]["overall"] == pytest.approx(1 / 6)
     assert 0 <= r["overall_accuracy"] <= 1
+
+
+def test_importance_views(tmp_path):
+    """Best vs worst half, unit-class correlation and interpretability vs importance."""
+    iou = np.random.default_rng(0).random((8, 10)) * 0.1
+    r = ce.unit_importance(tiny_classifier(), "tiny", "conv5", samples=60, batch_size=30,
+                           classes=[0, 1], iou=iou, progress=False)
+    assert len(r["mean_importance"]) == 8 and r["best_iou"] == pytest.approx(iou.max(1), abs=1e-5)
+    imp = np.array(r["mean_importance"])
+    if imp.std() > 0:
+        assert r["iou_importance_correlation"] == pytest.approx(
+            np.corrcoef(iou.max(1), imp)[0, 1], abs=1e-3)
+    else:  # no single unit changes an answer of this random network: no correlation to give
+        assert r["iou_importance_correlation"] is None
+    for row in r["classes"].values():
+        corr = np.array(row["correlation"])
+        top4 = row["important_units"][:4]
+        assert row["correlation_top4"] == pytest.approx(corr[top4].mean(), abs=1e-3)
+        assert row["correlation_rest"] == pytest.approx(np.delete(corr, top4).mean(), abs=1e-3)
+        for key in ("remove_best_half", "remove_worst_half"):
+            assert set(row[key]) == {"balanced", "overall"}
+    a = torch.randn(50, 3, generator=torch.Generator().manual_seed(0))
+    b = (torch.rand(50, generator=torch.Generator().manual_seed(1)) < 0.3).float()
+    a[:, 2] = 1.0  # a constant unit: no correlation, not NaN
+    c = ce._correlation(a, b)
+    assert c[:2] == pytest.approx([np.corrcoef(a[:, i], b)[0, 1] for i in range(2)], abs=1e-5)
+    assert c[2] == 0
+    ce.importance_figure(r, tmp_path / "v.png")
+    assert (tmp_path / "v.png").stat().st_size > 10_000

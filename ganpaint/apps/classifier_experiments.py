@@ -257,25 +257,87 @@ def unit_importance(model, name, layer="conv5", samples=600, classes=None, batch
     per_unit = [predict([u]) for u in tqdm(range(units), disable=not progress, desc="zero each unit")]
     n_classes = len(CATEGORIES)
     classes = range(n_classes) if classes is None else classes
-    overall = lambda p: float((p == y).float().mean())
+    overall = lambda p: float((p == y).float().mean())  # noqa: E731
+
+    def removed(units_off, k):
+        p = predict(units_off)
+        return {"balanced": balanced_accuracy(p, y, k), "overall": overall(p)}
     out = {"model": name, "layer": layer, "samples": samples, "units": units,
            "chance": {"balanced": 0.5, "overall": 1 / n_classes},
            "overall_accuracy": overall(base), "classes": {}}
     best_iou = iou.max(1) if iou is not None else None
+    mean_act = feats.float().mean((2, 3))  # (N, U): each unit's mean activation per image
+    drops = []
     for k in classes:
         b0 = balanced_accuracy(base, y, k)
         drop = np.array([b0 - balanced_accuracy(p, y, k) for p in per_unit])
+        drops.append(drop)
         order = np.argsort(-drop, kind="stable")
         top4, top20 = order[:4].tolist(), order[:20].tolist()
-        rest = order[20:].tolist()
+        rest, half = order[20:].tolist(), units // 2
+        corr = _correlation(mean_act, (y == k).float())  # (U,) unit-class correlation
         row = {"positives": int((y == k).sum()), "balanced_accuracy": b0,
                "important_units": top20,
-               "remove_top4": {"balanced": balanced_accuracy(predict(top4), y, k), "overall": overall(predict(top4))},
-               "remove_top20": {"balanced": balanced_accuracy(predict(top20), y, k), "overall": overall(predict(top20))},
-               "remove_all_but_top20": {"balanced": balanced_accuracy(predict(rest), y, k),
-                                        "overall": overall(predict(rest))}}
+               "remove_top4": removed(top4, k), "remove_top20": removed(top20, k),
+               "remove_all_but_top20": removed(rest, k),
+               # the reference's comparison: the more important half of the units vs the less
+               "remove_best_half": removed(order[:half].tolist(), k),
+               "remove_worst_half": removed(order[half:].tolist(), k),
+               "correlation_top4": float(corr[top4].mean()),
+               "correlation_rest": float(np.delete(corr, top4).mean()),
+               "correlation": [round(float(v), 4) for v in corr]}
         if best_iou is not None:
             row["mean_iou_important"] = float(best_iou[top20].mean())
             row["mean_iou_others"] = float(best_iou[rest].mean())
         out["classes"][CATEGORIES[k]] = row
+    importance = np.mean(drops, 0)  # mean over classes of each unit's accuracy drop
+    out["mean_importance"] = [round(float(v), 5) for v in importance]
+    if best_iou is not None:
+        out["best_iou"] = [round(float(v), 5) for v in best_iou]
+        # None when either side is constant (e.g. no single unit changes any answer)
+        varies = np.std(best_iou) > 0 and np.std(importance) > 0
+        out["iou_importance_correlation"] = (float(np.corrcoef(best_iou, importance)[0, 1])
+                                             if varies else None)
     return out
+
+
+def _correlation(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+    """Pearson correlation of each column of a (N, U) with b (N,); 0 for a constant column."""
+    a = a - a.mean(0)
+    b = b - b.mean()
+    den = (a.pow(2).sum(0) * b.pow(2).sum()).sqrt()
+    return torch.where(den > 0, (a * b[:, None]).sum(0) / den.clamp(min=1e-12),
+                       torch.zeros_like(den)).numpy()
+
+
+def importance_figure(result: dict, path):
+    """The importance views of the reference: interpretability (best IoU) against mean class
+    importance, one point per unit; and per class the unit-class correlation of its 4 most
+    important units against the others'."""
+    from ganpaint.apps.plots import _plt
+    plt = _plt()
+    panels = 2 if "best_iou" in result else 1
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.6), dpi=100, squeeze=False)
+    ax = axes[0, 0]
+    names = list(result["classes"])
+    xs = np.arange(len(names))
+    ax.bar(xs - 0.2, [result["classes"][c]["correlation_top4"] for c in names], 0.4,
+           label="4 most important units")
+    ax.bar(xs + 0.2, [result["classes"][c]["correlation_rest"] for c in names], 0.4,
+           color="gray", label="the other units")
+    ax.set_xticks(xs)
+    ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("mean correlation with the class")
+    ax.set_title(f"{result['layer']}: unit–class correlation", fontsize=10)
+    ax.legend(fontsize=7)
+    if panels == 2:
+        ax = axes[0, 1]
+        ax.scatter(result["best_iou"], result["mean_importance"], s=8, alpha=0.6)
+        ax.set_xlabel("interpretability: best IoU with a concept")
+        ax.set_ylabel("mean accuracy drop when zeroed")
+        r = result["iou_importance_correlation"]
+        ax.set_title("interpretability vs importance" + (f" (r = {r:.2f})" if r is not None else ""),
+                     fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -535,8 +535,11 @@ def _importance(p):
         groups = {c: {"all units": row["balanced_accuracy"],
                       "top 4 removed": row["remove_top4"]["balanced"],
                       "top 20 removed": row["remove_top20"]["balanced"],
-                      "all but top 20 removed": row["remove_all_but_top20"]["balanced"]}
+                      "all but top 20 removed": row["remove_all_but_top20"]["balanced"],
+                      "best half removed": row["remove_best_half"]["balanced"],
+                      "worst half removed": row["remove_worst_half"]["balanced"]}
                   for c, row in r["classes"].items()}
+        ce.importance_figure(r, Path(output_dir(a.out)) / "unit_importance_views.png")
         _save(r, a, "unit_importance", groups,
               f"{a.layer}: balanced single-class accuracy after removing units", "balanced accuracy",
               hline=0.5)
@@ -582,6 +585,67 @@ def _peaks(p):
         for c, why in r["skipped"].items():
             print(f"  {c:<10} skipped: {why}")
         print(f"wrote {path} and {Path(a.out) / 'peak_detectors.png'}")
+    return run
+
+
+@command("adversarial", "PGD attacks on the classifier: which units move, and deactivating units as a defence")
+def _adversarial(p):
+    _classifier_args(p, 300)
+    p.add_argument("--layer", default="conv5")
+    p.add_argument("--eps", type=share(1.0), nargs="+", default=None,
+                   help="L-inf bounds as shares of the pixel range (default 0.002 0.005 0.01)")
+    p.add_argument("--steps", type=count(1), default=10, help="PGD steps")
+    p.add_argument("--importance-samples", type=count(1), default=600,
+                   help="probe images for ranking units by importance to each class")
+    p.add_argument("--dissection", default=None,
+                   help="the classifier's dissection, to label each unit by what it detects")
+
+    def run(a):
+        from pathlib import Path
+
+        import torch
+
+        from ganpaint.apps import adversarial as adv
+        from ganpaint.apps import classifier_experiments as ce
+        from ganpaint.apps.experiments import save
+        from ganpaint.core.dissection import Dissection
+        from ganpaint.world.classifier import CATEGORIES, category
+        from ganpaint.world.probe import ProbeSource
+        model = _classifier(a)
+        labels = None
+        if a.dissection:
+            stats = Dissection.load(a.dissection).unit_stats(a.layer)
+            labels = {s["unit"]: f"{s['label']} IoU {s['iou']:.3f}" for s in stats}
+        imp = ce.unit_importance(model, a.classifier, a.layer, a.importance_samples, None,
+                                 a.batch_size, progress=not a.json)
+        important = {CATEGORIES.index(c): row["important_units"] for c, row in imp["classes"].items()}
+        src = ProbeSource(model, a.classifier, device=_device(a))
+        src.start += 60_000_000  # apart from the dissection's and the importance's probe images
+        x, lab = src.probe(range(a.samples))
+        y = torch.tensor([category(l.numpy()) for l in lab])
+        r = adv.attack(model, a.layer, x.to(_device(a)), y.to(_device(a)), important,
+                       a.eps or adv.EPSILONS, a.steps, labels=labels,
+                       class_names=dict(enumerate(CATEGORIES)), progress=not a.json)
+        r["model"] = a.classifier
+        path = save(r, output_dir(a.out), "adversarial")
+        adv.attack_figure(r, Path(a.out) / "adversarial.png")
+        if a.json:
+            print(json.dumps(r))
+            return
+        print(f"{a.layer}: clean accuracy {r['clean_accuracy']:.3f} on {r['images']} held-out "
+              f"probe images; most-moved units vs each class's top "
+              f"{r['important_per_class']} important (chance {r['chance_overlap']:.3f})")
+        for e, row in r["eps"].items():
+            units = ", ".join(f"{u['unit']} ({u['mean_change']:+.2f})" for u in row["top_changed_units"][:5])
+            print(f"  eps {e}: accuracy {row['attacked_accuracy']:.3f}, success "
+                  f"{row['success']:.3f}, overlap true/reached class "
+                  f"{row['overlap_source']:.2f}/{row['overlap_target']:.2f}; units {units}")
+        d = r["defence"]
+        for k, row in d["k"].items():
+            print(f"  defence, {k:>2} units off: important clean {row['important']['clean']:.3f} "
+                  f"attacked {row['important']['attacked']:.3f} | random clean "
+                  f"{row['random']['clean']:.3f} attacked {row['random']['attacked']:.3f}")
+        print(f"wrote {path} and {Path(a.out) / 'adversarial.png'}")
     return run
 
 
