@@ -18,7 +18,6 @@ import argparse
 import io
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,13 +32,8 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from tests.toy import free_port, start_app  # noqa: E402
 CANVAS = 256
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def layer_png(path: Path, y0, y1, x0, x1) -> Path:
@@ -58,22 +52,11 @@ def plan(i: int):
 
 
 def start(port: int, tmp: Path):
-    env = {**{k: v for k, v in os.environ.items() if k != "GRADIO_TEMP_DIR"}, "TMPDIR": str(tmp),
-           "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"app exited: {proc.stdout.read().decode()[-2000:]}")
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return proc, url
-        except OSError:
-            time.sleep(0.5)
-    proc.kill()
-    raise SystemExit("app did not start within 180 s")
+    """The app on `port`, its temp files under `tmp` (counted at the end)."""
+    try:
+        return start_app(port, {"GRADIO_TEMP_DIR": None, "TMPDIR": str(tmp)}, timeout=180)
+    except RuntimeError as e:
+        raise SystemExit(str(e)) from None
 
 
 def cpu_seconds(pid: int) -> float | None:

@@ -198,3 +198,38 @@ def error_line(err):
     lines = [l for l in err.splitlines() if l.startswith("ganpaint")]
     assert len(lines) == 1, err
     return lines[0]
+
+
+def free_port() -> int:
+    """A localhost TCP port nothing listens on now."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_app(port: int, env: dict | None = None, timeout: float = 120):
+    """Start `python app.py --port PORT` from the checkout and wait until it answers.
+    Returns (process, url); raises RuntimeError with the app's last output if it exits or does
+    not answer within `timeout` s. Shared by the browser tests and bench/serve_bench.py."""
+    import os
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONPATH": str(ROOT), **(env or {})}
+    env = {k: v for k, v in env.items() if v is not None}  # None: unset it for the app
+    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"app exited: {proc.stdout.read().decode()[-2000:]}")
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return proc, url
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError(f"app did not start within {timeout:.0f} s")
