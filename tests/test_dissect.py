@@ -293,3 +293,44 @@ def test_aliases_are_kept_with_the_dissection(tmp_path):
     assert loaded.rank("SHINY", layer="layer4") == d.rank(src.segmenter.concepts[1], layer="layer4")
     with pytest.raises(KeyError, match="unknown concept 'dull'.*Valid concepts"):
         loaded.rank("dull", layer="layer4")
+
+
+class _Maps:
+    """A source whose samples carry several label maps (N, K, S, S) over disjoint concept
+    ranges, built from the toy source's labels: the objects, and a coarse 'low/high' map."""
+
+    def __init__(self, which=(0, 1)):
+        self.src, self.which = source(), which
+        names = [list(self.src.concepts), ["low", "high"]]
+        self.offsets = [0, len(names[0])]
+        self.concepts = [c for k in which for c in names[k]]
+
+    def describe(self):
+        return {**self.src.describe(), "maps": list(self.which)}
+
+    def check_layers(self, layers):
+        self.src.check_layers(layers)
+
+    def batch(self, idx, layers):
+        acts, labels, images = self.src.batch(idx, layers)
+        maps = [labels, (labels > 1).long()]
+        if len(self.which) == 1:
+            return acts, maps[self.which[0]], images
+        return acts, torch.stack([maps[0], maps[1] + self.offsets[1]], 1), images
+
+
+@pytest.mark.parametrize("level_from", ["raw", "upsampled"])
+def test_several_label_maps_count_as_separate_dissections(level_from):
+    """Every pixel counts once per label map: dissecting two maps at once gives each concept
+    the IoU it gets when its map is dissected alone (levels do not depend on labels)."""
+    import numpy as np
+    kw = dict(samples=48, batch_size=16, progress=False, level_from=level_from)
+    both, objects, coarse = (dissect(_Maps(w), ["layer4"], None, **kw) for w in ((0, 1), (0,), (1,)))
+    iou = both.results("layer4")["iou"]
+    assert iou.shape[1] == 6 and both.concepts[-2:] == ["low", "high"]
+    np.testing.assert_allclose(iou[:, :4], objects.results("layer4")["iou"], atol=1e-6)
+    np.testing.assert_allclose(iou[:, 4:], coarse.results("layer4")["iou"], atol=1e-6)
+    np.testing.assert_allclose(both.results("layer4")["level"], objects.results("layer4")["level"])
+    frac = both["layers"]["layer4"]["concept_pixel_fraction"]
+    assert sum(frac[c] for c in both.concepts[:4]) == pytest.approx(1.0)  # one object per pixel
+    assert frac["low"] + frac["high"] == pytest.approx(1.0)

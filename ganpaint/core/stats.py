@@ -76,6 +76,7 @@ class TailStats:
         # level_from="raw": per-unit histogram of the raw activations (same bins) and their count
         self.raw_joint = torch.zeros(self.units * (self.bins + 1) if self.raw else 0, dtype=torch.int64)
         self.raw_pixels = 0
+        self.maps = 1  # label maps per pixel (see update): each pixel is in `maps` concepts
 
     @property
     def raw(self) -> bool:
@@ -164,7 +165,9 @@ class TailStats:
 
     # -- accumulation ---------------------------------------------------------------------
     def update(self, act: torch.Tensor, seg: torch.Tensor) -> None:
-        """Count one batch: act (N, U, h, w) activations at any resolution, seg (N, S, S) labels.
+        """Count one batch: act (N, U, h, w) activations at any resolution, seg (N, S, S) labels,
+        or (N, K, S, S): K label maps over disjoint concept ranges (objects, materials, colours,
+        ...), every pixel counted once per map (Network Dissection's several label categories).
 
         Activations are upsampled bilinearly to S×S, rows first. Work is skipped wherever a
         bound shows no value can reach a unit's floor: whole (sample, unit) maps whose maximum
@@ -178,6 +181,12 @@ class TailStats:
         n, units, h, w = a.shape
         dev = a.device
         self._on(dev)
+        if seg.dim() == 3:
+            seg = seg[:, None]
+        if self.pixels == 0:
+            self.maps = int(seg.shape[1])
+        elif seg.shape[1] != self.maps:
+            raise ValueError(f"{seg.shape[1]} label maps in this batch, {self.maps} before")
         s1, s2 = seg.shape[-2:]
         if self._pending + seg.numel() >= 2 ** 31:
             self._flush()
@@ -209,7 +218,7 @@ class TailStats:
         if near < len(far):
             order = torch.argsort(far.to(torch.uint8), stable=True)
             unit, rows, segrow = unit[order], rows[order], segrow[order]
-        seg2 = seg.reshape(-1, s2)
+        maps = [seg[:, k].reshape(-1, s2) for k in range(seg.shape[1])]
         per_unit = (self.bins + 1) * self.concepts
         small = torch.int32 if self.units * per_unit < 2 ** 31 else torch.int64
         offset = unit.to(small) * per_unit  # each live row's first count
@@ -228,11 +237,13 @@ class TailStats:
                 t[far] = main + torch.log2(t[far] / main) * PER_OCTAVE
             row = pix >> (s2.bit_length() - 1) if s2 & (s2 - 1) == 0 else torch.div(pix, s2, rounding_mode="floor")
             key = offset[sl].take(row)
-            key += seg2.index_select(0, segrow[sl]).view(-1).take(pix)
             key.add_(t.clamp_(max=self.bins).to(small), alpha=self.concepts)
-            self._acc.index_add_(0, key, ones.expand(len(key)))
+            for k, seg2 in enumerate(maps):  # the last map adds in place: no copy for one map
+                concept = seg2.index_select(0, segrow[sl]).view(-1).take(pix)
+                at = key.add_(concept) if k == len(maps) - 1 else key + concept
+                self._acc.index_add_(0, at, ones.expand(len(at)))
         self._acc_cp += torch.bincount(seg.reshape(-1).long(), minlength=self.concepts)
-        self.pixels += int(seg.numel())
+        self.pixels += int(seg[:, 0].numel())
         if self.raw:
             self._count_raw(a)
         # bilinear upsampling never goes below the raw minimum
@@ -263,8 +274,11 @@ class TailStats:
         """Add another shard's statistics (same bins) into these."""
         if not torch.equal(self.edges, other.edges):
             raise ValueError("cannot merge statistics with different bins")
+        if self.pixels and other.pixels and self.maps != other.maps:
+            raise ValueError(f"cannot merge statistics of {other.maps} label maps into {self.maps}")
         self._flush()
         other._flush()
+        self.maps = other.maps if not self.pixels else self.maps
         self.joint += other.joint
         self.concept_pixels += other.concept_pixels
         self.pixels += other.pixels
@@ -321,7 +335,7 @@ class TailStats:
                 "top_values": self.top_values, "top_index": self.top_index,
                 "tie": self.tie, "tie_value": self.tie_value, "raw_min": self.raw_min,
                 "level_from": self.level_from, "raw_joint": self.raw_joint,
-                "raw_pixels": self.raw_pixels}
+                "raw_pixels": self.raw_pixels, "maps": self.maps}
 
     @classmethod
     def from_state_dict(cls, s: dict) -> "TailStats":
@@ -331,7 +345,7 @@ class TailStats:
         for k in ("edges", "joint", "concept_pixels", "pixels", "top_values", "top_index"):
             setattr(st, k, s[k])
         st.joint = st.joint.to(torch.int64)
-        for k in ("tie", "tie_value", "raw_min", "raw_joint", "raw_pixels"):  # absent from files
+        for k in ("tie", "tie_value", "raw_min", "raw_joint", "raw_pixels", "maps"):  # absent from files
             # written before they existed
             if k in s:
                 setattr(st, k, s[k])
@@ -351,7 +365,9 @@ class TailStats:
             j = joint.to(torch.float64)  # integers below 2**53: sums are exact
             cs = j.cumsum(1)
             above = cs[:, -1:] - cs + j  # pixels ≥ edge b: all minus those below it
-            self._cum_cache = j, above, j.sum(2), above.sum(2)
+            # every pixel is counted once per label map, so the totals over concepts are the
+            # pixel counts times `maps` (exactly: all its maps count it in the same bin)
+            self._cum_cache = j, above, j.sum(2) / self.maps, above.sum(2) / self.maps
             self._cum_at = self.pixels
         return self._cum_cache
 
@@ -414,7 +430,7 @@ class TailStats:
         sure = above_next.gather(1, b[:, None, None].expand(-1, 1, self.concepts))[:, 0]
         inbin = joint.gather(1, b[:, None, None].expand(-1, 1, self.concepts))[:, 0]
         inter = sure + frac[:, None] * inbin
-        total = above[:, 0].sum(1)  # pixels at or above the floor
+        total = above[:, 0].sum(1) / self.maps  # pixels at or above the floor
         act = torch.where(total >= q * self.pixels, torch.full_like(level, q * self.pixels), total)[:, None]
         cp = self.concept_pixels.to(torch.float64)[None]
         union = act + cp - inter
