@@ -218,6 +218,9 @@ def _dissect(p):
                         "or upsampled (the quantile of the upsampled map: masks cover exactly q)")
     p.add_argument("--seg-size", type=count(1), default=None, help="label map resolution (default: image size)")
     p.add_argument("--no-report", action="store_true", help="skip report.html and its images")
+    p.add_argument("--probe-labels", choices=["all", "objects"], default="all",
+                   help="with --classifier: the probe set's concepts in all Network Dissection "
+                        "categories (objects, parts, materials, colours; default) or objects only")
 
     def run(a):
         from ganpaint.core.dissect import distributed
@@ -236,7 +239,7 @@ def _run_dissect(a):
     dev = _device(a)
     if a.classifier:
         net = registry.load_classifier(a.classifier, dev, a.model_arg)
-        src = ProbeSource(net, a.classifier, seed=a.seed, device=dev)
+        src = ProbeSource(net, a.classifier, seed=a.seed, device=dev, labels=a.probe_labels)
         layers = a.layers or ["conv5"]
     else:
         g = registry.load_generator(a.model, dev, a.model_arg)
@@ -646,6 +649,38 @@ def _adversarial(p):
                   f"attacked {row['important']['attacked']:.3f} | random clean "
                   f"{row['random']['clean']:.3f} attacked {row['random']['attacked']:.3f}")
         print(f"wrote {path} and {Path(a.out) / 'adversarial.png'}")
+    return run
+
+
+@command("categories", "a classifier dissection's unique detectors per concept category and layer")
+def _categories(p):
+    p.add_argument("--dissection", required=True, help="a dissection made with category labels "
+                   "(`dissect --classifier ...`, probe labels 'all')")
+    p.add_argument("--out", default=None, help="where categories.json and .png go (default: the dissection)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    def run(a):
+        from pathlib import Path
+
+        from ganpaint.apps import plots
+        from ganpaint.apps.experiments import save
+        from ganpaint.core.dissection import Dissection
+        d = Dissection.load(a.dissection)
+        r = d.category_counts()
+        out = output_dir(a.out or a.dissection)
+        path = save(r, out, "categories")
+        plots.stacked_bars({layer: row["unique"] for layer, row in r["layers"].items()},
+                           out / "categories.png",
+                           f"unique detectors per category (IoU ≥ {r['detector_iou']})",
+                           "unique detected concepts")
+        if a.json:
+            print(json.dumps(r))
+            return
+        for layer, row in r["layers"].items():
+            parts = ", ".join(f"{c} {n} ({', '.join(row['concepts'][c])})" if row["concepts"][c]
+                              else f"{c} 0" for c, n in row["unique"].items())
+            print(f"{layer}: {parts}")
+        print(f"wrote {path} and {Path(out) / 'categories.png'}")
     return run
 
 

@@ -73,3 +73,22 @@ def grouped_bars(groups: dict, path: Path, title: str, ylabel: str, errors: dict
     fig.tight_layout()
     fig.savefig(path, bbox_inches="tight")  # keeps a long title and the outside legend
     plt.close(fig)
+
+
+def stacked_bars(groups: dict, path: Path, title: str, ylabel: str):
+    """One stacked bar per group ({group: {part: value}}, e.g. {layer: {category: count}}),
+    parts in a fixed order and colour: Network Dissection's detectors-per-category chart."""
+    plt = _plt()
+    parts = list(dict.fromkeys(k for row in groups.values() for k in row))
+    fig, ax = plt.subplots(figsize=(max(4, 1.1 * len(groups) + 2.5), 3.6), dpi=100)
+    bottom = [0.0] * len(groups)
+    for i, part in enumerate(parts):
+        vals = [float(row.get(part, 0)) for row in groups.values()]
+        ax.bar(list(groups), vals, bottom=bottom, label=part, color=f"C{i}")
+        bottom = [b + v for b, v in zip(bottom, vals)]
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

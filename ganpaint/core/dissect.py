@@ -151,7 +151,7 @@ def dissect(source, layers, out_dir=None, samples=2000, quantile=None, batch_siz
             return None
         with _no_gc():
             summary, arrays = summarize(settings, source.concepts, stats, ignored(source),
-                                        getattr(source, "aliases", None))
+                                        getattr(source, "aliases", None), getattr(source, "categories", None))
         return Dissection(summary, arrays=arrays)
     out_dir = output_dir(out_dir)
     dist, rank, world = _dist()
@@ -392,12 +392,14 @@ def _start(source, settings, dist, rank):
     return stats, ((acts, labels) if rank == 0 else None)
 
 
-def summarize(settings, concepts, stats, ignore=(), aliases=None) -> tuple[dict, dict]:
+def summarize(settings, concepts, stats, ignore=(), aliases=None,
+              categories=None) -> tuple[dict, dict]:
     """The dissection.json content: per unit its level, label and best IoUs; per concept a ranking.
 
     Labels in `ignore` ("no label") are left out of everything but the pixel counts: the
     dissection's `concepts`, IoU tables and rankings list the other concepts only. `aliases`
-    (other words for concepts, from the segmenter) are kept for looking concepts up by name.
+    (other words for concepts, from the segmenter) are kept for looking concepts up by name;
+    `categories` ({concept: "object" | "part" | "material" | "colour" ...}) too.
     Returns (the document, the arrays for results.npz)."""
     ignore = sorted(set(int(i) for i in ignore))
     keep = [c for c in range(len(concepts)) if c not in ignore]
@@ -408,6 +410,8 @@ def summarize(settings, concepts, stats, ignore=(), aliases=None) -> tuple[dict,
         out["ignored_labels"] = [concepts[c] for c in ignore]
     if aliases:
         out["aliases"] = {str(a): str(c) for a, c in aliases.items() if c in names}
+    if categories:
+        out["categories"] = {c: str(categories[c]) for c in names if c in categories}
     arrays = {}
     for name, st in stats.items():
         r = st.iou()
@@ -483,7 +487,7 @@ def write_results(out_dir, settings, concepts, stats, source=None, report=None, 
     with _no_gc():
         out, arrays = summarize(settings, concepts, stats,
                                 ignored(source) if ignore is None and source is not None else ignore or (),
-                                getattr(source, "aliases", None))
+                                getattr(source, "aliases", None), getattr(source, "categories", None))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / "results.npz.tmp"

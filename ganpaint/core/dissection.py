@@ -181,6 +181,32 @@ class Dissection(Mapping):
                          "best_unit": r[0]["unit"] if r else -1})
         return sorted(rows, key=lambda r: (-r["detectors"], -r["best_iou"]))
 
+    def category_counts(self) -> dict:
+        """Per layer and concept category (object, part, material, colour, ...): the number of
+        unique concepts detected (a unit's best concept with IoU ≥ the detector bar) and of
+        detector units, Network Dissection's headline chart. Needs the concepts' categories
+        (a classifier dissected with all probe labels)."""
+        cats = self.summary.get("categories")
+        if not cats:
+            raise ValueError("this dissection has no concept categories: dissect the classifier "
+                             "with `--probe-labels all` (the default for `dissect --classifier`)")
+        order = list(dict.fromkeys(cats.values()))
+        out = {"detector_iou": self.summary.get("detector_iou", 0.04), "categories": order,
+               "layers": {}}
+        for layer in self.layers:
+            found = self.summary["layers"][layer].get("detectors", {})  # {concept: units}
+            row = {"unique": {c: 0 for c in order}, "detectors": {c: 0 for c in order},
+                   "concepts": {c: [] for c in order}}
+            for concept, units in found.items():
+                c = cats.get(concept)
+                if c is None:
+                    continue
+                row["unique"][c] += 1
+                row["detectors"][c] += units
+                row["concepts"][c].append(concept)
+            out["layers"][layer] = row
+        return out
+
     def definition(self, layer: str | None = None) -> str:
         """One line saying how the dissection's numbers are defined (where levels come from)."""
         layer = self.layer(layer)

@@ -1,9 +1,11 @@
 """The scene world's probe set for Network Dissection: held-out renders with exact labels."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ganpaint.core.sources import ClassifierSource
+from ganpaint.world.categories import CATEGORY, CONCEPTS_ALL, render_labelled
 from ganpaint.world.classifier import PROBE_SEED
 from ganpaint.world.labels import ALIASES, CONCEPTS
 from ganpaint.world.scenes import render_batch, to_tensor_images
@@ -13,16 +15,33 @@ class ProbeSource(ClassifierSource):
     """A classifier dissected on rendered scenes and their label maps.
 
     Sample i is the render of seed `start + seed * 10_000_000 + i` (held out from training,
-    from `PROBE_SEED` by default), at `size` pixels."""
+    from `PROBE_SEED` by default), at `size` pixels. `labels="objects"`: the world's objects
+    (one map); "all": objects and parts, materials and colours (three maps, see
+    `ganpaint.world.categories`), each concept with its category."""
 
     def __init__(self, model, name: str, size: int = 64, seed: int = 0, perturb=None,
-                 device="cpu", start=None, ignore_index=None):
-        super().__init__(model, name, CONCEPTS, seed, perturb, device, ignore_index, ALIASES)
-        self.size = int(size)
+                 device="cpu", start=None, ignore_index=None, labels: str = "objects"):
+        if labels not in ("objects", "all"):
+            raise ValueError(f"probe labels must be 'objects' or 'all', got {labels!r}")
+        if labels == "all" and perturb is not None:
+            raise ValueError("perturbations move one label map: use labels='objects'")
+        concepts = CONCEPTS_ALL if labels == "all" else CONCEPTS
+        super().__init__(model, name, concepts, seed, perturb, device, ignore_index, ALIASES)
+        self.size, self.labels = int(size), labels
         self.start = PROBE_SEED if start is None else int(start)
+        self.categories = {c: CATEGORY[c] for c in concepts if c in CATEGORY}
+
+    def describe(self) -> dict:
+        """What a dissection records: the classifier, and which probe labels."""
+        return {**super().describe(), **({"probe_labels": "all"} if self.labels == "all" else {})}
 
     def labelled(self, indices):
-        """Renders of the probe seeds and their exact label maps."""
-        images, labels = render_batch(
-            [self.start + self.seed * 10_000_000 + i for i in indices], self.size)
+        """Renders of the probe seeds and their exact label maps ((N, S, S), or (N, 3, S, S)
+        for all categories)."""
+        seeds = [self.start + self.seed * 10_000_000 + i for i in indices]
+        if self.labels == "all":
+            pairs = [render_labelled(s, self.size) for s in seeds]
+            images, labels = np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+        else:
+            images, labels = render_batch(seeds, self.size)
         return to_tensor_images(images), torch.from_numpy(labels).long()

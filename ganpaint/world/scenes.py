@@ -252,8 +252,9 @@ def _textures(size: int) -> np.ndarray:
     return tex
 
 
-def render(scene_or_seed, size: int = 64):
-    """Rasterise a scene: returns (image uint8 (S, S, 3) RGB, labels uint8 (S, S))."""
+def render(scene_or_seed, size: int = 64, materials: bool = False):
+    """Rasterise a scene: returns (image uint8 (S, S, 3) RGB, labels uint8 (S, S)), and with
+    `materials` the surface map too (uint8 (S, S): FLAT, GRASS_TEX, LEAVES, ...)."""
     scene = layout(scene_or_seed) if isinstance(scene_or_seed, (int, np.integer)) else scene_or_seed
     S = int(size)
     hz_px = scene.horizon * S
@@ -287,7 +288,8 @@ def render(scene_or_seed, size: int = 64):
     mod = tex[:, oy:oy + S, ox:ox + S]
     factor = 1.0 + np.take_along_axis(mod, mat[None].astype(np.intp), 0)[0]
     img *= factor[:, :, None]
-    return np.clip(img, 0, 255).astype(np.uint8), lab
+    img = np.clip(img, 0, 255).astype(np.uint8)
+    return (img, lab, mat) if materials else (img, lab)
 
 
 def to_tensor_images(images: np.ndarray):
