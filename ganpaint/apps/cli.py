@@ -684,6 +684,42 @@ def _categories(p):
     return run
 
 
+@command("stylized", "shape vs texture: dissect a classifier on its probe images and on stylized copies")
+def _stylized(p):
+    _classifier_args(p, 500)
+    p.add_argument("--layer", default="conv5")
+    p.add_argument("--style", type=count(0), default=0, help="which random restyling of the scenes")
+    p.add_argument("--quantile", type=share(0.5), default=0.005)
+
+    def run(a):
+        from pathlib import Path
+
+        from ganpaint.apps import stylized as st
+        from ganpaint.apps.experiments import save
+        from ganpaint.world.probe import ProbeSource
+        model = _classifier(a)
+        src = ProbeSource(model, a.classifier, device=_device(a))
+        r, d0 = st.shape_vs_texture(src, ProbeSource(model, a.classifier, device=_device(a),
+                                                     style=a.style),
+                                    a.layer, a.samples, a.quantile, a.batch_size, progress=not a.json)
+        out = output_dir(a.out)
+        path = save(r, out, "stylized")
+        st.scatter_figure(r, out / "stylized.png")
+        st.thumbnails(r, d0, src, out / "stylized_units.png")
+        if a.json:
+            print(json.dumps(r))
+            return
+        print(f"{a.layer}: {r['detectors']} detectors on the probe images, "
+              f"{r['detectors_stylized']} on stylized copies (same shapes and labels)")
+        for kind in ("shape_sensitive", "texture_sensitive"):
+            rows = r[kind]
+            print(f"  {kind.replace('_', '-')}: {len(rows)} units"
+                  + "".join(f"\n    unit {x['unit']:>4} {x['concept']:<9} IoU {x['iou']:.3f} → "
+                            f"{x['iou_stylized']:.3f}" for x in rows[:5]))
+        print(f"wrote {path}, {Path(out) / 'stylized.png'} and {Path(out) / 'stylized_units.png'}")
+    return run
+
+
 @command("samples", "save a picture of generated scenes (and their segmentation), optionally next to renders")
 def _samples(p):
     _model_args(p)

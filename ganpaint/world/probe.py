@@ -17,23 +17,28 @@ class ProbeSource(ClassifierSource):
     Sample i is the render of seed `start + seed * 10_000_000 + i` (held out from training,
     from `PROBE_SEED` by default), at `size` pixels. `labels="objects"`: the world's objects
     (one map); "all": objects and parts, materials and colours (three maps, see
-    `ganpaint.world.categories`), each concept with its category."""
+    `ganpaint.world.categories`), each concept with its category. `style`: the same scenes
+    drawn with other colours and textures (`scenes.stylize`), for the shape-vs-texture test."""
 
     def __init__(self, model, name: str, size: int = 64, seed: int = 0, perturb=None,
-                 device="cpu", start=None, ignore_index=None, labels: str = "objects"):
+                 device="cpu", start=None, ignore_index=None, labels: str = "objects",
+                 style: int | None = None):
         if labels not in ("objects", "all"):
             raise ValueError(f"probe labels must be 'objects' or 'all', got {labels!r}")
+        if labels == "all" and style is not None:
+            raise ValueError("stylized probes carry object labels only: use labels='objects'")
         if labels == "all" and perturb is not None:
             raise ValueError("perturbations move one label map: use labels='objects'")
         concepts = CONCEPTS_ALL if labels == "all" else CONCEPTS
         super().__init__(model, name, concepts, seed, perturb, device, ignore_index, ALIASES)
-        self.size, self.labels = int(size), labels
+        self.size, self.labels, self.style = int(size), labels, style
         self.start = PROBE_SEED if start is None else int(start)
         self.categories = {c: CATEGORY[c] for c in concepts if c in CATEGORY}
 
     def describe(self) -> dict:
         """What a dissection records: the classifier, and which probe labels."""
-        return {**super().describe(), **({"probe_labels": "all"} if self.labels == "all" else {})}
+        return {**super().describe(), **({"probe_labels": "all"} if self.labels == "all" else {}),
+                **({"style": self.style} if self.style is not None else {})}
 
     def labelled(self, indices):
         """Renders of the probe seeds and their exact label maps ((N, S, S), or (N, 3, S, S)
@@ -43,5 +48,5 @@ class ProbeSource(ClassifierSource):
             pairs = [render_labelled(s, self.size) for s in seeds]
             images, labels = np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
         else:
-            images, labels = render_batch(seeds, self.size)
+            images, labels = render_batch(seeds, self.size, self.style)
         return to_tensor_images(images), torch.from_numpy(labels).long()

@@ -11,7 +11,7 @@ doors touch the bottom edge of their wall; roofs and domes sit on top of walls.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 import cv2
@@ -252,13 +252,32 @@ def _textures(size: int) -> np.ndarray:
     return tex
 
 
-def render(scene_or_seed, size: int = 64, materials: bool = False):
+def stylize(scene: Scene, style: int) -> tuple[Scene, tuple, tuple]:
+    """The same shapes with other colours and textures: per object class one random colour and
+    surface (the same for all its shapes), a random sky gradient and ground. The label map is
+    unchanged, so a unit that sees shapes keeps its IoU and one that sees colour or texture
+    loses it (Network Dissection's shape-vs-texture test). Returns (scene, sky top, sky bottom)."""
+    rng = np.random.default_rng((scene.seed, int(style), 11))
+    colour = {c: tuple(int(v) for v in rng.integers(20, 236, 3)) for c in range(len(INDEX))}
+    surface = {c: int(rng.integers(0, 7)) for c in range(len(INDEX))}
+    shapes = [replace(sh, color=_jitter(rng, colour[sh.label], 10), material=surface[sh.label])
+              for sh in scene.shapes]
+    top, bottom = (tuple(int(v) for v in rng.integers(20, 236, 3)) for _ in range(2))
+    return replace(scene, shapes=shapes, ground=colour[GRASS]), top, bottom
+
+
+def render(scene_or_seed, size: int = 64, materials: bool = False, style: int | None = None):
     """Rasterise a scene: returns (image uint8 (S, S, 3) RGB, labels uint8 (S, S)), and with
-    `materials` the surface map too (uint8 (S, S): FLAT, GRASS_TEX, LEAVES, ...)."""
+    `materials` the surface map too (uint8 (S, S): FLAT, GRASS_TEX, LEAVES, ...). `style`: draw
+    it with other colours and textures, same labels (see `stylize`)."""
     scene = layout(scene_or_seed) if isinstance(scene_or_seed, (int, np.integer)) else scene_or_seed
     S = int(size)
     hz_px = scene.horizon * S
     top, bottom, _ = SKY_TYPES[scene.sky]
+    ground_surface = GRASS_TEX
+    if style is not None:
+        scene, top, bottom = stylize(scene, style)
+        ground_surface = int(np.random.default_rng((scene.seed, int(style), 12)).integers(0, 7))
     img = np.empty((S, S, 3), np.float32)
     t = np.clip((np.arange(S) + 0.5) / max(hz_px, 1.0), 0, 1)[:, None]
     img[:] = (np.array(top, np.float32) * (1 - t) + np.array(bottom, np.float32) * t)[:, None, :]
@@ -267,7 +286,7 @@ def render(scene_or_seed, size: int = 64, materials: bool = False):
     ground = int(round(hz_px))
     img[ground:] = scene.ground
     lab[ground:] = GRASS
-    mat[ground:] = GRASS_TEX
+    mat[ground:] = ground_surface
     img = np.ascontiguousarray(img)
     scale = S * (1 << SHIFT)
     for sh in scene.shapes:
@@ -304,9 +323,10 @@ def to_uint8_images(images) -> np.ndarray:
     return x.byte().permute(0, 2, 3, 1).cpu().numpy()
 
 
-def render_batch(seeds, size: int = 64):
-    """Render several seeds: (images uint8 (N, S, S, 3), labels uint8 (N, S, S))."""
-    pairs = [render(int(s), size) for s in seeds]
+def render_batch(seeds, size: int = 64, style: int | None = None):
+    """Render several seeds: (images uint8 (N, S, S, 3), labels uint8 (N, S, S)); `style`:
+    stylized (other colours and textures, same labels)."""
+    pairs = [render(int(s), size, style=style) for s in seeds]
     return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
 
