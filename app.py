@@ -53,7 +53,8 @@ def serve(a):
     from ganpaint.apps import registry
     from ganpaint.core.checkpoint import CheckpointError
     from ganpaint.core.dissection import Dissection
-    from ganpaint.apps.paintapp import CSS, HEAD, MAX_UPLOAD, PaintApp, build_demo, limit_decoding
+    from ganpaint.apps.paintapp import (CSS, HEAD, MAX_UPLOAD, PaintApp, build_demo, limit_decoding,
+                                        start_cache_janitor)
 
     from ganpaint.core.checkpoint import MODELS
     ddir = Path(a.dissection) if a.dissection else MODELS / "dissection"
@@ -69,8 +70,12 @@ def serve(a):
     from ganpaint.apps.encoder import shipped_encoder
     enc = shipped_encoder(g, registry.device(a.device), print)  # for uploads ("your image")
     app = PaintApp(g, d, segmenter=seg, layer=a.layer, encoder=enc)
+    # Gradio sets matplotlib's backend around every handler call, which imports pyplot the
+    # first time: done here, not during the first people's requests (~1 s of CPU)
+    import matplotlib.pyplot  # noqa: F401
     limit_decoding()
     demo = build_demo(app, ddir / "experiments")
+    start_cache_janitor(os.environ["GRADIO_TEMP_DIR"])  # one file per reply: keep the newest
     demo.queue(default_concurrency_limit=2)
     demo.launch(server_name=a.host, server_port=a.port, share=False, footer_links=[], css=CSS,
                 head=HEAD, max_file_size=MAX_UPLOAD)

@@ -5,9 +5,11 @@ in-process, and report latencies.
     python bench/serve_bench.py --sessions 16 --json
 
 prints {"sessions", "requests", "errors", "mismatches", "p50", "p95", "max", "temp_files",
-"temp_files_after_exit", "load_avg"}: seconds per request as a client sees it; `temp_files` is the number of
-files in the server's temp folders (its download PNGs and Gradio's cache) at the end of the run,
-`temp_files_after_exit` once it has stopped (SIGTERM); `load_avg` the 1-minute load average
+"temp_files_peak", "temp_files_after_exit", "load_avg"}: seconds per request as a client sees
+it; `temp_files` is the number of files in the server's temp folders (its download PNGs and
+Gradio's cache) after the run, once the server's janitor has had its grace period (replies
+younger than CACHE_GRACE s are kept: they may still be fetched), `temp_files_peak` the number
+when the last reply came, `temp_files_after_exit` once it has stopped (SIGTERM); `load_avg` the 1-minute load average
 before and after; `server_cpu_s` / `client_cpu_s` the CPU seconds the server
 (during the run) and this process (the N clients) used, `wall_s` the run's duration: on a small
 machine the clients share the server's cores.
@@ -33,6 +35,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from tests.toy import free_port, start_app  # noqa: E402
+from ganpaint.apps.paintapp import CACHE_GRACE  # noqa: E402
 CANVAS = 256
 
 
@@ -73,7 +76,9 @@ def session(i: int, url: str, tmp: Path, out: dict, go: threading.Barrier):
     seed, strokes = plan(i)
     times, images, errors = [], [], []
     try:
-        client = Client(url, verbose=False, download_files=False)  # fetch only the scene
+        # fetch only the scene; plain http on localhost: without ssl_verify=False, httpx builds
+        # an SSL context with the CA bundle on every call (~50 ms of CPU), on the server's cores
+        client = Client(url, verbose=False, download_files=False, ssl_verify=False)
     except Exception as e:  # noqa: BLE001
         out[i] = {"times": [], "images": [], "errors": [f"connect: {e}"]}
         go.wait()
@@ -89,8 +94,8 @@ def session(i: int, url: str, tmp: Path, out: dict, go: threading.Barrier):
             errors.append(f"{api_name}: {e}")
             return None
         times.append(time.perf_counter() - t)
-        download = res[2]
-        with urllib.request.urlopen(download["url"], timeout=60) as f:
+        scene = res[0]["background"]  # the brush canvas's scene (CANVAS px, lossless PNG)
+        with urllib.request.urlopen(scene["url"], timeout=60) as f:
             images.append(np.asarray(Image.open(io.BytesIO(f.read())).convert("RGB")))
         return res
     res = call(seed, api_name="/new_scene")
@@ -117,7 +122,7 @@ def expected(i: int, app) -> list[np.ndarray]:
         outs.append(app.paint({**outs[-1][0], "layers": [a]}, outs[-1][1], concept, action,
                               strength, 1.0))
     outs.append(app.undo(outs[-1][1]))
-    return [np.asarray(Image.open(o[3]).convert("RGB")) for o in outs]
+    return [o[0]["background"] for o in outs]
 
 
 def main(argv=None):
@@ -140,10 +145,12 @@ def main(argv=None):
             t.join()
         # the server's files (its uploads included), not the stroke layers the clients wrote
         count = lambda: sum(1 for f in tmp.rglob("*") if f.is_file() and f.parent != tmp)  # noqa: E731
-        temp_files = count()
+        peak = count()
         server_cpu = cpu_seconds(proc.pid)
         client_cpu = cpu_seconds(os.getpid())
         wall = time.perf_counter() - t_run
+        time.sleep(CACHE_GRACE + 3)  # the janitor runs every 2 s
+        temp_files = count()
     finally:
         proc.terminate()
         try:
@@ -169,6 +176,7 @@ def main(argv=None):
     result = {"sessions": a.sessions, "requests": len(times), "errors": len(errors),
               "mismatches": mismatches, "p50": q(0.5), "p95": q(0.95),
               "max": round(times[-1], 3) if times else None, "temp_files": temp_files,
+              "temp_files_peak": peak,
               "temp_files_after_exit": after_exit, "server_cpu_s": (round(server_cpu - idle, 2) if server_cpu is not None else None),
               "client_cpu_s": client_cpu, "wall_s": round(wall, 2),
               "load_avg": [round(load0, 2), round(os.getloadavg()[0], 2)],

@@ -24,11 +24,15 @@ def stroke_layer(y0, y1, x0, x1):
 
 
 def test_new_scene(app):
-    editor, session, grid, path, compare, msg = app.new_scene(3)
+    editor, session, grid, compare, msg = app.new_scene(3)
     assert editor["background"].shape == (CANVAS, CANVAS, 3) and editor["composite"] is None
     assert session.seed == 3 and session.strokes == []
-    assert grid.shape == (GRID_VIEW, GRID_VIEW, 3) and path.endswith(".png")
+    assert grid.shape == (GRID_VIEW, GRID_VIEW, 3)
     assert compare is None  # before/after off until asked
+    path = app.download(session)  # written when asked: the scene at VIEW px
+    shown = np.asarray(Image.fromarray(np.asarray(Image.open(path))).resize((CANVAS, CANVAS), Image.LANCZOS))
+    assert path.endswith(".png") and np.asarray(Image.open(path)).shape == (VIEW, VIEW, 3)
+    assert np.abs(shown.astype(int) - editor["background"]).mean() < 3  # the same scene
 
 
 def test_paint_changes_inside_and_undo_restores(app):
@@ -87,10 +91,11 @@ def test_units_and_ablation_views(app):
 
 
 def test_grid_toggle_draws_on_the_canvas_only_and_keeps_the_edit(app):
-    editor, session, _, path, _, _ = app.new_scene(7)
+    editor, session, *_ = app.new_scene(7)
     painted = {**editor, "layers": [stroke_layer(0, CANVAS // 8, 0, CANVAS // 8)]}
-    ed, s1, _, path1, _, _ = app.paint(painted, session, app.concepts[0], "remove", "high (20 units)", 1.0)
-    ed_grid, s2, _, path2, _, msg = app.show_grid(True, s1)
+    ed, s1, *_ = app.paint(painted, session, app.concepts[0], "remove", "high (20 units)", 1.0)
+    ed_grid, s2, _, _, msg = app.show_grid(True, s1)
+    path1, path2 = app.download(s1), app.download(s2)
     assert s2.grid and s2.strokes == s1.strokes and not s1.grid and "shown" in msg
     step = CANVAS // 8
     lines = np.abs(ed_grid["background"].astype(int) - ed["background"].astype(int)).sum(-1)
@@ -117,7 +122,7 @@ def test_handler_errors_reach_the_user(app):
         guard(app.paint)({"layers": [stroke_layer(0, 8, 0, 8)]}, Session(), "unicorn", "draw",
                          "low (4 units)", 1.0)
     demo = build_demo(app)
-    fns = [f.fn for f in demo.fns.values()]
+    fns = [f.fn for f in demo.fns.values() if f.fn is not None]  # not the page's own js steps
     assert len(fns) >= 9 and all(getattr(f, "__wrapped__", None) for f in fns)
     assert "new_scene" in {f.__name__ for f in fns}  # api names (/new_scene) unchanged
 
@@ -126,7 +131,7 @@ def test_replies_leave_a_bounded_number_of_files(app, monkeypatch):
     import ganpaint.apps.paintapp as pa
     from ganpaint.apps.paintapp import build_demo
     monkeypatch.setattr(pa, "KEEP_FILES", 3)
-    paths = [app.new_scene(i)[3] for i in range(7)]
+    paths = [app.download(app.new_scene(i)[1]) for i in range(7)]
     left = sorted(str(p) for p in app.out_dir.glob("*.png"))
     assert left == sorted(paths[-3:])  # the newest, still served; the rest deleted
     assert build_demo(app).delete_cache == pa.DELETE_CACHE  # Gradio's own copies expire too
@@ -167,7 +172,7 @@ def test_a_stroke_applies_on_release_and_replacing_the_canvas_is_no_new_stroke(a
     import gradio as gr
     editor, session, *_ = app.new_scene(9)
     out = app.stroke_on_release(editor, session, app.concepts[0], "remove", "low (4 units)", 1.0)
-    assert len(out) == 6 and all(o == gr.skip() for o in out)
+    assert len(out) == len(app.new_scene(9)) and all(o == gr.skip() for o in out)
     painted = {**editor, "layers": [stroke_layer(0, CANVAS // 8, 0, CANVAS // 8)]}
     ed1, s1, *_, msg1 = app.stroke_on_release(painted, session, app.concepts[0], "remove",
                                                "low (4 units)", 1.0)
@@ -273,7 +278,7 @@ def test_concurrent_renders_are_batched_and_exact(app):
 def test_the_page_wires_paint_on_release_undo_keys_and_the_trash_icon(app):
     from ganpaint.apps.paintapp import HEAD, build_demo
     demo = build_demo(app)
-    wired = {(t[1], f.fn.__name__) for f in demo.fns.values() for t in f.targets}
+    wired = {(t[1], f.fn.__name__) for f in demo.fns.values() if f.fn for t in f.targets}
     assert ("input", "stroke_on_release") in wired and ("clear", "clear") in wired
     assert ("select", "open_units") in wired and ("select", "pick_unit") in wired
     assert "keydown" in HEAD and "#undo" in HEAD and "'z'" in HEAD.replace('"', "'")
@@ -289,7 +294,8 @@ def test_upload_paints_on_your_image(app, tmp_path):
     photo = np.concatenate([scene, scene[:, :24]], 1)  # 120×96: not square
     path = tmp_path / "mine.png"
     Image.fromarray(photo).save(path)
-    editor, session, _, download, _, msg = app.upload(str(path), Session(seed=4))
+    editor, session, _, _, msg = app.upload(str(path), Session(seed=4))
+    download = app.download(session)
     assert session.photo is not None and session.seed == 4
     assert "centre-cropped from 120×96 to 96×96" in msg and "dB PSNR" in msg
     got = np.asarray(Image.open(download))
@@ -297,9 +303,9 @@ def test_upload_paints_on_your_image(app, tmp_path):
     inv = session.photo  # optimisation and adaptation improved on the best random start
     assert inv.psnr >= inv.stats["psnr_start"] + 1 and f"{inv.psnr:.1f} dB" in msg
     cell = CANVAS // 8
-    ed2, s2, _, download2, _, msg2 = app.paint({**editor, "layers": [stroke_layer(0, cell, 0, cell)]},
-                                               session, app.concepts[0], "remove",
-                                               "high (20 units)", 1.0)
+    ed2, s2, _, _, msg2 = app.paint({**editor, "layers": [stroke_layer(0, cell, 0, cell)]},
+                                    session, app.concepts[0], "remove", "high (20 units)", 1.0)
+    download2 = app.download(s2)
     edited = np.asarray(Image.open(download2)).astype(int)
     diff = np.abs(edited - photo).sum(-1)
     assert diff[:, 12:108].max() > 0  # the edit reached the crop (x 12..108 of the upload)
@@ -315,3 +321,77 @@ def test_upload_paints_on_your_image(app, tmp_path):
 def to_uint8(x):
     from ganpaint.world.scenes import to_uint8_images
     return to_uint8_images(x)[0]
+
+
+def test_views_are_embedded_in_the_page_and_the_canvas_reads_only_strokes(app, tmp_path):
+    """Replies leave no files for the cells and before/after views (PNG data URIs, exact, a new
+    number per reply), and the canvas decodes only the brush layers of what the browser sends:
+    a background whose cache file has expired breaks nothing."""
+    import base64
+    import io
+    import re
+    from gradio.data_classes import FileData
+    from gradio.components.image_editor import EditorData
+    from ganpaint.apps.paintapp import embed_views, stroke_canvas
+    editor, session, cells, _, msg = app.new_scene(3)
+    out = embed_views(app.new_scene)(3)
+    src = re.search(r'src="data:image/png;base64,([^"]+)"', out[2]).group(1)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(base64.b64decode(src)))), cells)
+    assert out[3] == "" and out[4] == msg  # before/after off: nothing embedded
+    again = embed_views(app.new_scene)(3)[2]
+    number = lambda h: int(re.search(r'data-reply="(\d+)"', h).group(1))  # noqa: E731
+    assert number(again) > number(out[2])  # the page can tell a new reply from the last one
+    layer = tmp_path / "layer.png"
+    Image.fromarray(stroke_layer(0, 32, 0, 32)).save(layer)
+    canvas = stroke_canvas(type="numpy")
+    value = canvas.preprocess(EditorData(background=FileData(path=str(tmp_path / "expired.png")),
+                                         layers=[FileData(path=str(layer))],
+                                         composite=FileData(path=str(tmp_path / "gone.png"))))
+    assert value["background"] is None and value["composite"] is None
+    assert app.brush_mask(value)[:32, :32].all() and app.brush_mask(value).sum() == 32 * 32
+    assert canvas.get_block_name() == "imageeditor"  # drawn as Gradio's own editor
+    sent = canvas.postprocess({"background": cells, "layers": [], "composite": None})
+    assert np.array_equal(np.asarray(Image.open(sent.background.path)), cells)  # lossless
+
+
+def test_the_reply_cache_keeps_the_newest_and_the_young(tmp_path):
+    """The janitor's rule: entries beyond the newest `keep` go, unless younger than `grace` s."""
+    import os
+    import time
+    from ganpaint.apps.paintapp import prune_cache
+    now = time.time()
+    for i in range(10):  # entry i is 10·i s old; a folder, as Gradio's hash folders, or a file
+        e = tmp_path / f"e{i}"
+        if i % 2:
+            e.write_bytes(b"x")
+        else:
+            e.mkdir()
+            (e / "scene.png").write_bytes(b"x")
+        os.utime(e, (now - 10 * i, now - 10 * i))
+    assert prune_cache(tmp_path, keep=3, grace=55) == 4  # e3..e5 kept (young), e6..e9 gone
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"e{i}" for i in range(6)]
+    assert prune_cache(tmp_path, keep=3, grace=0) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e0", "e1", "e2"]
+    assert prune_cache(tmp_path / "missing") == 0
+
+
+def test_an_upload_does_not_hold_up_other_sessions(app, tmp_path, monkeypatch):
+    """While an upload is inverted (about 20 s on the shipped model), other sessions' scenes
+    still render: the inversion works on copies of the models, not under the render lock."""
+    import threading
+    import ganpaint.apps.invert as inversion
+    real, seen = inversion.invert, {}
+
+    def watched(generator, *args, **kwargs):
+        other = threading.Thread(target=lambda: seen.setdefault("other", app.new_scene(2)))
+        other.start()
+        other.join(60)
+        seen["shared"] = generator is app.painter.generator
+        return real(generator, *args, **{**kwargs, "starts": 1, "z_steps": 2, "feature_steps": 2,
+                                         "adapt_steps": 2})
+    monkeypatch.setattr(inversion, "invert", watched)
+    scene = app.view(to_uint8(app.painter.render(app.painter.generator.latents([11]))), 64)
+    Image.fromarray(scene).save(tmp_path / "mine.png")
+    editor, session, *_ = app.upload(str(tmp_path / "mine.png"), Session())
+    assert "other" in seen and seen["other"][1].seed == 2 and not seen["shared"]
+    assert session.photo is not None and editor["background"].shape == (CANVAS, CANVAS, 3)

@@ -75,14 +75,21 @@ class Page:
         self.pg.wait_for_function("document.querySelector('#status textarea') && "
                                   "document.querySelector('#status textarea').value.includes('scene')",
                                   timeout=60000)
-        self.pg.wait_for_selector("#download a", timeout=60000)
+        self.pg.wait_for_selector("#grid img", timeout=60000)
 
     def status(self):
         return self.pg.locator("#status textarea").input_value()
 
+    def reply(self):
+        """The number of the last reply shown (every reply's cells view carries a new one)."""
+        return self.pg.locator("#grid img").first.get_attribute("data-reply")
+
     def image(self) -> np.ndarray:
-        href = self.pg.locator("#download a").first.get_attribute("href")
-        return np.asarray(Image.open(io.BytesIO(self.pg.request.get(href).body())).convert("RGB"))
+        """The edited scene as a person downloads it: the download button, then the file the
+        browser saves."""
+        with self.pg.expect_download(timeout=60000) as dl:
+            self.pg.locator("#download_btn").click()
+        return np.asarray(Image.open(dl.value.path()).convert("RGB"))
 
     def wait_change(self, action, event="click", timeout=60000):
         """Run `action` and wait until the new scene's link and status are shown.
@@ -90,14 +97,14 @@ class Page:
         mouse-up that ends a stroke) to that moment, both read from the page's clock
         (Playwright's own bookkeeping, which can take 0.3 s before the click happens, is not
         counted)."""
-        old = self.pg.locator("#download a").first.get_attribute("href")
+        old = self.reply()
         old_status = self.status()
         self.pg.evaluate("(ev) => { window.t_click = null; document.addEventListener(ev, "
                          "() => { window.t_click = Date.now(); }, {capture: true}); }", event)
         action()
         self.pg.wait_for_function(
-            "([h, s]) => { const a = document.querySelector('#download a');"
-            " const done = a && a.getAttribute('href') !== h && document.querySelector('#status textarea').value !== s;"
+            "([h, s]) => { const a = document.querySelector('#grid img');"
+            " const done = a && a.getAttribute('data-reply') !== h && document.querySelector('#status textarea').value !== s;"
             " if (done) window.t_shown = Date.now(); return done; }",
             arg=[old, old_status], timeout=timeout, polling=20)
         self.last_wait = self.pg.evaluate("(window.t_shown - window.t_click) / 1000")
@@ -117,6 +124,7 @@ class Page:
 
     def scene_box(self):
         """(x0, y0, scale): where the 512-px scene is drawn (centred in the canvas, scaled to fit)."""
+        self.pg.evaluate("window.scrollTo(0, 0)")  # the box and the screenshot in one frame
         canvas = self.pg.locator("#canvas canvas").first.bounding_box()
         scale = min(canvas["width"], canvas["height"]) / 512 * 0.88
         return (canvas["x"] + canvas["width"] / 2 - 256 * scale,
@@ -341,14 +349,17 @@ def test_two_sessions_do_not_share_edits(server, model):
 def test_api_with_gradio_client(server):
     from gradio_client import Client
     client = Client(server, verbose=False)
-    out = client.predict(7, api_name="/new_scene")
-    editor, grid, download, compare, status = out
-    assert "scene 7" in status and compare is None  # before/after is off until asked
-    img = np.asarray(Image.open(download if isinstance(download, str) else download["path"]))
-    assert img.shape[:2] == (512, 512)
+    editor, grid, compare, status = client.predict(7, api_name="/new_scene")
+    assert "scene 7" in status and compare == ""  # before/after is off until asked
+    assert 'src="data:image/png;base64,' in grid  # the cells view comes in the page
+    scene = np.asarray(Image.open(editor["background"]))
+    assert scene.shape[:2] == (256, 256)
+    download = np.asarray(Image.open(client.predict(api_name="/download")))  # this session's scene
+    assert download.shape[:2] == (512, 512)
+    small = np.asarray(Image.fromarray(download).resize((256, 256), Image.LANCZOS)).astype(int)
+    assert np.abs(small - scene).mean() < 3
     again = client.predict(7, api_name="/new_scene")
-    img2 = np.asarray(Image.open(again[2] if isinstance(again[2], str) else again[2]["path"]))
-    assert np.array_equal(img, img2)  # a seed gives the same scene
+    assert np.array_equal(np.asarray(Image.open(again[0]["background"])), scene)  # same seed, same scene
 
 
 def test_api_errors_carry_the_message(server):
@@ -360,8 +371,12 @@ def test_api_errors_carry_the_message(server):
 
 
 def fetch(page, selector) -> np.ndarray:
+    """The image an <img> shows: embedded in the page (a data URI) or served by URL."""
+    import base64
     src = page.pg.locator(selector).first.get_attribute("src")
-    return np.asarray(Image.open(io.BytesIO(page.pg.request.get(src).body())).convert("RGB"))
+    data = (base64.b64decode(src.split(",", 1)[1]) if src.startswith("data:")
+            else page.pg.request.get(src).body())
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
 def test_before_after_units_and_ctrl_z(server, model):

@@ -282,6 +282,33 @@ def test_in_memory_dissection_equals_the_saved_one(tmp_path):
         mem.level(unit, 0.2, "layer4")
 
 
+def test_an_in_memory_dissection_saves_whole(tmp_path):
+    """Dissection.save writes everything it holds: the arrays made in memory (results.npz), its
+    learned rankings (beside any already in the folder), then dissection.json; saving a loaded
+    dissection elsewhere carries its results.npz along."""
+    import numpy as np
+
+    from ganpaint.core.dissection import Dissection, learned_path
+    mem = run(None, samples=48)
+    c = mem.concepts[0]
+    learned = {"layer": "layer4", "concept": c, "local": False,
+               "ranking": [{"unit": u, "alpha": 1.0 - u / 10} for u in (3, 1, 2)]}
+    mem.add_learned(learned)  # kept in memory: no folder yet
+    (tmp_path / "d").mkdir()
+    other = {"layer4": {"other": {**learned, "concept": "other"}}}
+    learned_path(tmp_path / "d", "causal").write_text(__import__("json").dumps(other))
+    mem.save(tmp_path / "d")
+    back = Dissection.load(tmp_path / "d")
+    np.testing.assert_array_equal(back.results("layer4")["iou"], mem.results("layer4")["iou"])
+    assert back.rank(c, "causal", "layer4", 2) == mem.rank(c, "causal", "layer4", 2)
+    assert [r["unit"] for r in back.rank(c, "causal", "layer4")] == [3, 1, 2]
+    assert "other" in __import__("json").loads(learned_path(tmp_path / "d", "causal").read_text())["layer4"]
+    back.save(tmp_path / "copy")
+    np.testing.assert_array_equal(Dissection.load(tmp_path / "copy").results("layer4")["iou"],
+                                  mem.results("layer4")["iou"])
+    assert not list((tmp_path / "d").glob("*.tmp"))
+
+
 def test_aliases_are_kept_with_the_dissection(tmp_path):
     """A segmenter's other words for its concepts are saved, so `rank` takes either."""
     src = source()

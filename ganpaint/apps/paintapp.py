@@ -8,6 +8,8 @@ and no edit can leak from one session into another.
 from __future__ import annotations
 
 import atexit
+import copy
+import itertools
 import os
 import shutil
 import tempfile
@@ -45,6 +47,11 @@ MAX_UPLOAD = "8mb"
 MAX_LAYER = 4096
 KEEP_FILES = 64  # download PNGs kept in out_dir; older ones are deleted (Gradio serves a copy)
 DELETE_CACHE = (900, 1800)
+# Gradio's reply cache gets one entry per reply (the canvas's scene; an upload adds one): the
+# server's janitor keeps the newest CACHE_KEEP and any younger than CACHE_GRACE seconds (a reply
+# still being fetched), so storage stays bounded however many people paint.
+CACHE_KEEP = 32
+CACHE_GRACE = 10.0
 CONCURRENCY = 16  # renders let in at once (one concurrency group): the batcher gathers them
 # Ctrl+Z / ⌘Z undoes the last applied stroke (outside text fields, whose own undo is kept): the
 # browser's default would edit the focused box; the editor's own undo would only erase an
@@ -302,14 +309,18 @@ class PaintApp:
         out[:, cols] = 0.5 * out[:, cols] + 127
         return out.clip(0, 255).astype(np.uint8)
 
-    def save(self, view: np.ndarray, session: Session) -> str:
-        """Write the edited scene (at VIEW px) as a PNG file (downloads are served as files); an
-        uploaded image is written at its own resolution, the edit composited into it."""
+    def download(self, session: Session) -> str:
+        """The edited scene as a PNG file, written when the person asks for it (the download
+        button), not on every reply: at VIEW px, or an uploaded picture at its own resolution
+        with the edit composited in. Only the newest KEEP_FILES files are kept."""
+        session = session or Session()
         name = f"scene{session.seed}_"
         if session.photo is not None and session.photo.image is not None:
             with self.lock:
                 view = session.photo.edit_full(self.painter.generator, self.strokes(session))
             name = "your_image_"
+        else:
+            view = self.view(self.image(session))
         fd, path = tempfile.mkstemp(prefix=name, suffix=".png", dir=self.out_dir)
         os.close(fd)
         Image.fromarray(view).save(path, compress_level=1)
@@ -322,18 +333,17 @@ class PaintApp:
     # -- handlers -----------------------------------------------------------------------------
     def outputs(self, session: Session, message: str):
         """What every handler returns: the editor (scene as background), the session,
-        the cells view, the download file, the before/after view and the status message."""
+        the cells view, the before/after view (None when off) and the status message."""
         img = self.image(session)
         # no composite: the editor shows the background when it has one, and the same image
         # twice would be encoded and fetched twice
         canvas = self.view(img, CANVAS)
         editor = {"background": self.grid_lines(canvas) if session.grid else canvas,
                   "layers": [], "composite": None}
-        view = self.view(img)
         compare = self.compare_view(session, img) if session.compare else None
-        # the cells view is shown at GRID_VIEW px: drawn (and encoded) at that size
-        cells = self.grid_overlay(self.view(img, GRID_VIEW), session)
-        return editor, session, cells, self.save(view, session), compare, message
+        # the cells view is shown at GRID_VIEW px: drawn at that size
+        cells = self.grid_overlay(canvas if GRID_VIEW == CANVAS else self.view(img, GRID_VIEW), session)
+        return editor, session, cells, compare, message
 
     def new_scene(self, seed, session: Session | None = None):
         """A fresh session on scene `seed`, keeping the view's toggles."""
@@ -352,9 +362,12 @@ class PaintApp:
             raise ValueError("no file received: choose an image file to upload")
         old = session or Session()
         prepared = load_image(path, output_size(self.painter.generator), MAX_LAYER * MAX_LAYER)
+        # the ~20 s inversion runs on copies taken between renders: it hooks and back-propagates
+        # through them, while the other sessions keep painting with the shared models
         with self.lock:
-            inv = invert(self.painter.generator, prepared, encoder=self.encoder,
-                         perceptual=self.segmenter, layer=self.painter.layer, progress=progress)
+            gen, seg = copy.deepcopy(self.painter.generator), copy.deepcopy(self.segmenter)
+        inv = invert(gen, prepared, encoder=self.encoder, perceptual=seg,
+                     layer=self.painter.layer, progress=progress)
         session = Session(seed=old.seed, grid=old.grid, compare=old.compare, labels=old.labels,
                           photo=inv)
         return self.outputs(session, f"your image: {prepared.message}; reconstructed at "
@@ -424,7 +437,7 @@ class PaintApp:
         the canvas does not trigger another reply (no feedback loop)."""
         if self.brush_mask(editor) is None:
             import gradio as gr
-            return tuple(gr.skip() for _ in range(6))  # one per output of `outputs`
+            return tuple(gr.skip() for _ in range(5))  # one per output of `outputs`
         return self.paint(editor, session, concept, action, strength, boost)
 
     def clear(self, session: Session):
@@ -546,6 +559,116 @@ def limit_decoding():
     Image.MAX_IMAGE_PIXELS = MAX_LAYER * MAX_LAYER // 2  # PIL refuses twice this: > MAX_LAYER²
 
 
+def prune_cache(cache_dir, keep: int = CACHE_KEEP, grace: float = CACHE_GRACE) -> int:
+    """Delete the oldest entries of Gradio's cache folder beyond the newest `keep`, sparing any
+    modified in the last `grace` seconds. Safe for the canvas: the server never reads a scene it
+    sent back (see `stroke_canvas`). Returns how many entries were deleted."""
+    import time
+    root = Path(cache_dir)
+    entries = []
+    for e in (root.iterdir() if root.is_dir() else ()):
+        try:
+            entries.append((e.stat().st_mtime, e))
+        except FileNotFoundError:  # deleted meanwhile
+            pass
+    entries.sort(reverse=True)
+    now, gone = time.time(), 0
+    for mtime, e in entries[keep:]:
+        if now - mtime < grace:
+            continue
+        shutil.rmtree(e, ignore_errors=True) if e.is_dir() else e.unlink(missing_ok=True)
+        gone += 1
+    return gone
+
+
+def start_cache_janitor(cache_dir, period: float = 2.0) -> threading.Event:
+    """Run `prune_cache` on `cache_dir` every `period` seconds in a daemon thread; set the
+    returned event to stop it."""
+    stop = threading.Event()
+
+    def run():
+        while not stop.wait(period):
+            prune_cache(cache_dir)
+    threading.Thread(target=run, name="ganpaint-cache-janitor", daemon=True).start()
+    return stop
+
+
+REPLIES = itertools.count(1)  # numbers every embedded image: the page can tell a new reply
+
+
+def png_html(img: np.ndarray | None, alt: str, width: int | None = None) -> str:
+    """`img` embedded in the page as a PNG data URI: views that change on every reply (the
+    cells, before/after) leave no file in Gradio's cache. Empty for None."""
+    if img is None:
+        return ""
+    import base64
+    import io
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, "png", compress_level=1)
+    w = width or img.shape[1]
+    return (f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}" '
+            f'alt="{alt}" title="{alt}" data-reply="{next(REPLIES)}" '
+            f'style="width:{w}px;max-width:100%;margin-top:6px">')
+
+
+def embed_views(fn):
+    """A handler whose cells and before/after views (outputs 2 and 3) are sent as HTML."""
+    import functools
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        out = fn(*args, **kwargs)
+        if not isinstance(out[2], np.ndarray) and out[2] is not None:  # gr.skip(): nothing new
+            return out
+        return (*out[:2], png_html(out[2], "feature cells touched", GRID_VIEW),
+                png_html(out[3], "before / after", VIEW), *out[4:])
+    return run
+
+
+def cache_png(img: np.ndarray, cache_dir) -> str:
+    """`img` as a PNG in Gradio's cache, named by its content as Gradio names its own files
+    (the same scene is one file): written with fast compression (about 5× faster than Gradio's
+    default level, 20 % larger), since every reply sends one."""
+    import hashlib
+    import io
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, "png", compress_level=1)
+    data = buf.getvalue()
+    path = Path(cache_dir) / hashlib.sha256(data).hexdigest() / "scene.png"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)  # a reader never sees a partly written file
+    return str(path)
+
+
+def stroke_canvas(**kwargs):
+    """Gradio's image editor, sending and reading only what the app needs: the background goes
+    out as a fast PNG; of what the browser sends back only the brush layers are decoded (the
+    server never reads the background or composite: the scene comes from the session's state),
+    so an expired cache file of them breaks nothing. (Set on the instance: a subclass would make
+    Gradio write a .pyi stub beside this module.)"""
+    import gradio as gr
+    editor = gr.ImageEditor(**kwargs)
+    decode, encode = editor.preprocess, editor.postprocess
+
+    def preprocess(payload):
+        if payload is not None:
+            cached = editor.blob_storage.get(payload.id) if payload.id is not None else None
+            for p in (payload, cached):
+                if p is not None:
+                    p.background = p.composite = None
+        return decode(payload)
+
+    def postprocess(value):
+        if isinstance(value, dict) and isinstance(value.get("background"), np.ndarray):
+            value = {**value, "background": cache_png(value["background"], editor.GRADIO_CACHE)}
+        return encode(value)
+    editor.preprocess, editor.postprocess = preprocess, postprocess
+    return editor
+
+
 def build_demo(app: PaintApp, curves_dir: Path | None = None):
     """The Gradio Blocks of the app (Paint, Units, Ablation tabs) around a `PaintApp`."""
     import gradio as gr
@@ -562,13 +685,13 @@ def build_demo(app: PaintApp, curves_dir: Path | None = None):
             with gr.Tab("Paint", id="paint"):
                 with gr.Row():
                     with gr.Column(scale=3):
-                        editor = gr.ImageEditor(
-                            value=None, type="numpy", label="scene (paint here: a stroke applies on release)",
+                        editor = stroke_canvas(
+                            value=None, type="numpy", format="png", label="scene (paint here: a stroke applies on release)",
                             height=VIEW + 80, width=VIEW, canvas_size=(CANVAS, CANVAS), fixed_canvas=True,
                             sources=(), brush=gr.Brush(default_size=12, colors=["#ff3090"], color_mode="fixed"),
                             layers=False, transforms=(), elem_id="canvas")
-                        compare_img = gr.Image(label="before / after", interactive=False,
-                                               visible=False, elem_id="compare", format="png")
+                        compare_img = gr.HTML(label="before / after", show_label=True, container=True,
+                                              visible=False, elem_id="compare")
                     with gr.Column(scale=2):
                         concept = gr.Dropdown(concepts, value=default, label="concept", elem_id="concept")
                         action = gr.Radio(["draw", "remove"], value="draw", label="action", elem_id="action")
@@ -579,6 +702,9 @@ def build_demo(app: PaintApp, curves_dir: Path | None = None):
                         with gr.Row():
                             undo_btn = gr.Button("undo (Ctrl+Z)", elem_id="undo")
                             reset_btn = gr.Button("reset", elem_id="reset")
+                            download_btn = gr.Button("download", elem_id="download_btn")
+                            # filled on request, then clicked by the page: the browser saves it
+                            download = gr.DownloadButton(visible="hidden", elem_id="download")
                             apply_btn = gr.Button("apply stroke again", size="sm", elem_id="apply")
                         with gr.Row():
                             compare = gr.Checkbox(False, label="before / after", elem_id="compare_on")
@@ -599,33 +725,35 @@ def build_demo(app: PaintApp, curves_dir: Path | None = None):
                             file_types=["image"], file_count="single", type="filepath",
                             elem_id="upload")
                         status = gr.Textbox(label="status", interactive=False, elem_id="status", lines=3)
-                        grid_view = gr.Image(label="feature cells touched (grid of the painting layer)",
-                                             interactive=False, height=256, elem_id="grid")
-                        download = gr.File(label="download the edited scene", elem_id="download")
-            outs = [editor, session, grid_view, download, compare_img, status]
+                        grid_view = gr.HTML(label="feature cells touched (grid of the painting layer)",
+                                            show_label=True, container=True, elem_id="grid")
+            outs = [editor, session, grid_view, compare_img, status]
             paint_in = [editor, session, concept, action, strength, boost]
             kw = dict(concurrency_limit=CONCURRENCY, concurrency_id="render")
-            load_btn.click(guard(app.new_scene), [seed, session], outs, **kw)
-            rand_btn.click(guard(app.random_scene), [session], outs + [seed], **kw)
+            paint_handler = lambda f: guard(embed_views(f))  # noqa: E731
+            load_btn.click(paint_handler(app.new_scene), [seed, session], outs, **kw)
+            rand_btn.click(paint_handler(app.random_scene), [session], outs + [seed], **kw)
 
             def upload(path, sess, progress=gr.Progress()):
                 progress(0.0, desc="inverting your image into the generator")
                 return app.upload(path, sess, lambda f, desc: progress(f, desc=desc))
-            upload_btn.upload(guard(upload), [upload_btn, session], outs, **kw)
+            upload_btn.upload(paint_handler(upload), [upload_btn, session], outs, **kw)
             # a stroke applies on release: the editor's input event fires when a stroke ends
-            editor.input(guard(app.stroke_on_release), paint_in, outs, show_progress="hidden",
+            editor.input(paint_handler(app.stroke_on_release), paint_in, outs, show_progress="hidden",
                          trigger_mode="always_last", **kw)
-            apply_btn.click(guard(app.paint), paint_in, outs, **kw)
-            undo_btn.click(guard(app.undo), [session], outs, **kw)
-            reset_btn.click(guard(app.reset), [session], outs, **kw)
-            editor.clear(guard(app.clear), [session], outs, **kw)
-            show_grid.change(guard(app.show_grid), [show_grid, session], outs, **kw)
+            apply_btn.click(paint_handler(app.paint), paint_in, outs, **kw)
+            undo_btn.click(paint_handler(app.undo), [session], outs, **kw)
+            reset_btn.click(paint_handler(app.reset), [session], outs, **kw)
+            editor.clear(paint_handler(app.clear), [session], outs, **kw)
+            show_grid.change(paint_handler(app.show_grid), [show_grid, session], outs, **kw)
             def show_compare(on):
                 return gr.update(visible=bool(on))
             compare.change(guard(show_compare), [compare], [compare_img], queue=False)
-            compare.change(guard(app.set_compare), [compare, labels, session], outs, **kw)
-            labels.change(guard(app.set_compare), [compare, labels, session], outs, **kw)
-            demo.load(guard(app.new_scene), [seed, session], outs)
+            compare.change(paint_handler(app.set_compare), [compare, labels, session], outs, **kw)
+            labels.change(paint_handler(app.set_compare), [compare, labels, session], outs, **kw)
+            demo.load(paint_handler(app.new_scene), [seed, session], outs)
+            download_btn.click(guard(app.download), [session], [download], **kw).then(
+                None, None, None, js="() => document.querySelector('#download').click()")
             with gr.Tab("Units", id="units") as units_tab:
                 u_head = gr.Markdown(elem_id="units_head")
                 u_concept = gr.Dropdown(concepts, value=default, label="concept", elem_id="u_concept")

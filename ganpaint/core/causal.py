@@ -101,6 +101,9 @@ def learn_all(generator, segmenter, dissection: Dissection, concepts, layer=None
     when it lives in a folder); returns them."""
     dissection = Dissection.of(dissection)
     layer = dissection.layer(layer)
+    if dissection.path is None:
+        log("note: this dissection lives in memory: the learned rankings are kept in it, not "
+            "on disk (Dissection.save(folder) writes them)")
     results = []
     for concept in concepts:
         r = learn(generator, segmenter, layer, concept, **kw)

@@ -481,27 +481,23 @@ def _no_gc():
 
 def write_results(out_dir, settings, concepts, stats, source=None, report=None, log=print,
                   ignore=None) -> Dissection:
-    """results.npz, the report, then dissection.json last: each written under a temporary name
-    and renamed, so a folder with a dissection.json holds complete results (a run killed
-    before it resumes, with nothing left to count, and writes them again)."""
+    """The report, then results.npz and dissection.json last (`Dissection.save`): each written
+    under a temporary name and renamed, so a folder with a dissection.json holds complete
+    results (a run killed before it resumes, with nothing left to count, and writes them again)."""
     with _no_gc():
         out, arrays = summarize(settings, concepts, stats,
                                 ignored(source) if ignore is None and source is not None else ignore or (),
                                 getattr(source, "aliases", None), getattr(source, "categories", None))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / "results.npz.tmp"
-    with open(tmp, "wb") as f:
-        np.savez_compressed(f, **arrays)
-    os.replace(tmp, out_dir / "results.npz")
     for name in settings["layers"]:
         lay = out["layers"][name]
         log(f"{name}: {lay['units']} units, detectors {lay['detectors']}, levels from the "
             f"{out['level_from']} activations (masks cover {lay['coverage']['mean'] * 100:.2f} % "
             f"of pixels on average), max rank error {lay['max_rank_error']:.5f}, max IoU error "
             f"bound {lay['max_iou_error']:.4f}")
-    d = Dissection(out, out_dir)
+    d = Dissection(out, arrays=arrays)
     if report and source is not None:
         report(out_dir, d, source, log=log)
-    d.save(out_dir)
+    d.save(out_dir)  # results.npz, then dissection.json
     return Dissection.load(out_dir)  # with any learned rankings already in the folder

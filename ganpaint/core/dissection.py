@@ -236,9 +236,7 @@ class Dissection(Mapping):
         f = learned_path(self.path, kind)
         data = _read_learned(self.path, kind)
         data.setdefault(result["layer"], {})[result["concept"]] = result
-        tmp = f.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(data, indent=1))
-        os.replace(tmp, f)
+        _atomic(f, lambda out: out.write(json.dumps(data, indent=1).encode()))
         return f
 
     # -- files -------------------------------------------------------------------------------
@@ -269,19 +267,41 @@ class Dissection(Mapping):
         return cls(d, f.parent)
 
     def save(self, path) -> Path:
-        """Write dissection.json into folder `path` (atomically: a folder with one holds a
-        complete dissection); learned rankings stay in their own files (`add_learned`)."""
+        """Write the dissection into folder `path`, each file atomically and dissection.json last
+        (a folder with one holds a complete dissection): results.npz (the arrays kept in memory,
+        or copied from the folder it was loaded from), the learned rankings it holds (files
+        already there for other concepts are kept), then dissection.json."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
+        src = None if self.path is None else Path(self.path) / "results.npz"
+        if self._arrays is not None:
+            _atomic(path / "results.npz", lambda f: np.savez_compressed(f, **self._arrays))
+        elif src is not None and src.exists() and src.resolve() != (path / "results.npz").resolve():
+            _atomic(path / "results.npz", lambda f: f.write(src.read_bytes()))
+        for kind, key in LEARNED.items():
+            mine = {name: lay[key] for name, lay in self.summary["layers"].items() if lay.get(key)}
+            if mine:
+                data = _read_learned(path, kind)
+                for name, rankings in mine.items():
+                    data.setdefault(name, {}).update(rankings)
+                _atomic(learned_path(path, kind), lambda f: f.write(json.dumps(data, indent=1).encode()))
         learned = set(LEARNED.values())
         doc = {**self.summary, "layers": {
             name: {k: v for k, v in lay.items() if k not in learned}
             for name, lay in self.summary["layers"].items()}}
-        tmp = path / "dissection.json.tmp"
-        tmp.write_text(json.dumps(doc))  # no indent: the C encoder, 5× faster
-        os.replace(tmp, path / "dissection.json")
+        # no indent: the C encoder, 5× faster
+        _atomic(path / "dissection.json", lambda f: f.write(json.dumps(doc).encode()))
         self.path = path
         return path / "dissection.json"
+
+
+def _atomic(target: Path, write):
+    """Write `target` through `write(binary file)` under a temporary name, then rename: a reader
+    (or a run killed meanwhile) never sees a partial file."""
+    tmp = target.with_name(target.name + ".tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+    os.replace(tmp, target)
 
 
 def learned_path(out_dir, kind="causal") -> Path:
