@@ -52,13 +52,12 @@ def serve(a):
 
     from ganpaint.apps import registry
     from ganpaint.core.checkpoint import CheckpointError
-    from ganpaint.core.dissection import Dissection
     from ganpaint.apps.paintapp import (CSS, HEAD, MAX_UPLOAD, PaintApp, build_demo, limit_decoding,
                                         start_cache_janitor)
 
     from ganpaint.core.checkpoint import MODELS
     ddir = Path(a.dissection) if a.dissection else MODELS / "dissection"
-    d = Dissection.load(ddir)
+    d = registry.load_dissection(ddir)
     # the dissection's model and model arguments (truncation, noise, ...) unless given here
     g = registry.generator_from_dissection(d, ddir / "dissection.json", a.model, a.model_arg,
                                            registry.device(a.device), a.trust)

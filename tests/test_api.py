@@ -75,3 +75,26 @@ def test_every_public_name_has_a_docstring():
                 missing += [f"{f.relative_to(ROOT)}:{m.lineno} {m.name}" for m in members
                             if not ast.get_docstring(m)]
     assert not missing, missing
+
+
+def test_a_dissection_without_aliases_takes_the_worlds_words(tmp_path):
+    """Dissection folders written before aliases were saved: the apps still take "lawn" for
+    "grass" when the concepts are the scene world's (and only then)."""
+    import json
+    import shutil
+
+    from ganpaint.apps.registry import load_dissection
+    from ganpaint.core.checkpoint import MODELS
+    shutil.copytree(MODELS / "dissection", tmp_path / "d")
+    f = tmp_path / "d" / "dissection.json"
+    doc = json.loads(f.read_text())
+    doc.pop("aliases", None)
+    f.write_text(json.dumps(doc))
+    d = load_dissection(tmp_path / "d")
+    assert d.aliases["lawn"] == "grass" and set(d.aliases.values()) <= set(d.concepts)
+    assert d.rank("lawn", layer="layer4", top=3) == d.rank("grass", layer="layer4", top=3)
+    from ganpaint.core.dissect import dissect
+    from tests.toy import source
+    dissect(source(), ["layer4"], tmp_path / "toy", samples=16, batch_size=16, progress=False,
+            log=lambda *a: None)  # the toy's concepts are not the world's: no guessing
+    assert load_dissection(tmp_path / "toy").aliases == {}

@@ -57,6 +57,18 @@ def test_probe_source_with_all_labels():
         ProbeSource(tiny_classifier(), "tiny", labels="all", perturb=lambda x, y, i: (x, y))
 
 
+def test_a_run_with_other_probe_labels_says_how_to_resume(tmp_path):
+    """A folder dissected with the object labels (as every run before --probe-labels) refuses a
+    run with all the labels, and the error names the flag that resumes it."""
+    from ganpaint.core.dissect import dissect
+    from ganpaint.world.probe import ProbeSource
+    from tests.toy import tiny_classifier
+    kw = dict(samples=8, batch_size=8, progress=False, log=lambda *a: None)
+    dissect(ProbeSource(tiny_classifier(), "tiny", labels="objects"), ["conv3"], tmp_path / "d", **kw)
+    with pytest.raises(ValueError, match="resume it with --probe-labels objects"):
+        dissect(ProbeSource(tiny_classifier(), "tiny", labels="all"), ["conv3"], tmp_path / "d", **kw)
+
+
 @pytest.mark.slow
 def test_dissect_and_categories_cli(tmp_path, capsys):
     import json

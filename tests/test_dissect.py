@@ -361,3 +361,75 @@ def test_several_label_maps_count_as_separate_dissections(level_from):
     frac = both["layers"]["layer4"]["concept_pixel_fraction"]
     assert sum(frac[c] for c in both.concepts[:4]) == pytest.approx(1.0)  # one object per pixel
     assert frac["low"] + frac["high"] == pytest.approx(1.0)
+
+
+class _TwoRanks:
+    """torch.distributed's collectives for two ranks run as threads (sum / max / min, gather),
+    enough for TailStats.all_reduce."""
+
+    class ReduceOp:
+        SUM, MAX, MIN = "sum", "max", "min"
+
+    def __init__(self):
+        import threading
+        self.barrier, self.slots, self.rank = threading.Barrier(2), [None, None], threading.local()
+
+    def get_world_size(self):
+        return 2
+
+    def _exchange(self, t):
+        self.slots[self.rank.id] = t.clone()
+        self.barrier.wait()
+        both = list(self.slots)
+        self.barrier.wait()
+        return both
+
+    def all_reduce(self, t, op="sum"):
+        a, b = self._exchange(t)
+        t.copy_({"sum": a + b, "max": torch.maximum(a, b), "min": torch.minimum(a, b)}[op])
+
+    def all_gather(self, out, t):
+        for o, v in zip(out, self._exchange(t)):
+            o.copy_(v)
+
+
+@pytest.mark.parametrize("level_from", ["raw", "upsampled"])
+def test_shards_of_two_label_maps_merge_and_reduce_to_the_whole(level_from):
+    """Counts of several label maps per pixel (K = 2) split over two shards: merged, or
+    all-reduced across two ranks (one of which saw no batch), they give the levels, IoUs and
+    best-threshold IoUs of counting everything in one place."""
+    import copy
+    import threading
+    from ganpaint.core.stats import TailStats
+    g = torch.Generator().manual_seed(2)
+    n, units, h, size = 32, 4, 4, 16
+    act = torch.randn(n, units, h, h, generator=g)
+    objects = (torch.rand(n, size, size, generator=g) * 3).long()
+    seg = torch.stack([objects, 3 + (objects > 0).long()], 1)  # (N, 2, S, S): concepts 0-2, 3-4
+    base = TailStats(units, 5, 0.05, bins=64, tail=1.0, level_from=level_from)
+    up = upsampled(act[:8], size).transpose(0, 1).reshape(units, -1)
+    base.init_edges(up, act[:8].transpose(0, 1).reshape(units, -1))
+    whole, a, b = (copy.deepcopy(base) for _ in range(3))
+    whole.update(act, seg)
+    a.update(act[:20], seg[:20])
+    b.update(act[20:], seg[20:])
+    merged = copy.deepcopy(a)
+    merged.merge(b)
+    ranks = [copy.deepcopy(a), copy.deepcopy(b)]
+    idle = copy.deepcopy(base)  # a rank that counted nothing, beside one that counted all
+    dist = _TwoRanks()
+
+    def reduce(i, st):
+        dist.rank.id = i
+        st.all_reduce(dist, "cpu")
+    for pair in ([ranks[0], ranks[1]], [copy.deepcopy(whole), idle]):
+        threads = [threading.Thread(target=reduce, args=(i, st)) for i, st in enumerate(pair)]
+        [t.start() for t in threads]
+        [t.join(30) for t in threads]
+    for st in (merged, ranks[0], ranks[1], idle):
+        assert st.maps == 2 and st.pixels == whole.pixels
+        torch.testing.assert_close(st.level(), whole.level())
+        got, want = st.iou(), whole.iou()
+        torch.testing.assert_close(got["iou"], want["iou"])
+        for x, y in zip(st.best_threshold_iou(), whole.best_threshold_iou()):
+            torch.testing.assert_close(x, y)

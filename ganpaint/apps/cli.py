@@ -170,14 +170,13 @@ def _eval_gan(p):
     def run(a):
         from ganpaint.core import checkpoint
         from ganpaint.apps import registry
-        from ganpaint.core.dissection import Dissection
         from ganpaint.apps.evaluate import check_bars, eval_gan
         dev = _device(a)
         g = registry.load_generator(a.model, dev, a.model_arg)
         seg = registry.load_segmenter(a.segmenter, dev, a.segmenter_arg)
         ddir = a.dissection or (checkpoint.MODELS / "dissection"
                                 if a.model == "scenes" else None)
-        d = Dissection.load(ddir) if ddir and Path(ddir).exists() else None
+        d = registry.load_dissection(ddir) if ddir and Path(ddir).exists() else None
         judge = None
         if not a.no_judge:
             from ganpaint.world import classifier
@@ -266,8 +265,8 @@ def _rank(p):
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     def run(a):
-        from ganpaint.core.dissection import Dissection
-        d = Dissection.load(a.dissection)
+        from ganpaint.apps import registry
+        d = registry.load_dissection(a.dissection)
         if a.list or a.concept is None:
             rows = d.concept_table(a.layer)
             if a.json:
@@ -316,9 +315,8 @@ def _rank_causal(p):
 
 def _painter(a):
     from ganpaint.apps import registry
-    from ganpaint.core.dissection import Dissection
     from ganpaint.core.intervene import Painter
-    d = Dissection.load(a.dissection)
+    d = registry.load_dissection(a.dissection)
     dev = _device(a)
     if d.get("kind") == "classifier":
         raise ValueError(f"{a.dissection} is a classifier's dissection: this command needs a "
@@ -565,11 +563,11 @@ def _peaks(p):
 
         from ganpaint.apps import peak_detectors as pk
         from ganpaint.apps.experiments import save
-        from ganpaint.core.dissection import Dissection
+        from ganpaint.apps import registry
         from ganpaint.world.probe import ProbeSource
         labels = None
         if a.dissection:
-            stats = Dissection.load(a.dissection).unit_stats(a.layer)
+            stats = registry.load_dissection(a.dissection).unit_stats(a.layer)
             labels = {s["unit"]: f"{s['label']} IoU {s['iou']:.3f}" for s in stats}
         src = ProbeSource(_classifier(a), a.classifier, device=_device(a))
         r = pk.peak_detectors(src, a.layer, a.samples, a.held_out, a.batch_size, a.min_share,
@@ -611,13 +609,13 @@ def _adversarial(p):
         from ganpaint.apps import adversarial as adv
         from ganpaint.apps import classifier_experiments as ce
         from ganpaint.apps.experiments import save
-        from ganpaint.core.dissection import Dissection
+        from ganpaint.apps import registry
         from ganpaint.world.classifier import CATEGORIES, category
         from ganpaint.world.probe import ProbeSource
         model = _classifier(a)
         labels = None
         if a.dissection:
-            stats = Dissection.load(a.dissection).unit_stats(a.layer)
+            stats = registry.load_dissection(a.dissection).unit_stats(a.layer)
             labels = {s["unit"]: f"{s['label']} IoU {s['iou']:.3f}" for s in stats}
         imp = ce.unit_importance(model, a.classifier, a.layer, a.importance_samples, None,
                                  a.batch_size, progress=not a.json)
@@ -664,8 +662,8 @@ def _categories(p):
 
         from ganpaint.apps import plots
         from ganpaint.apps.experiments import save
-        from ganpaint.core.dissection import Dissection
-        d = Dissection.load(a.dissection)
+        from ganpaint.apps import registry
+        d = registry.load_dissection(a.dissection)
         r = d.category_counts()
         out = output_dir(a.out or a.dissection)
         path = save(r, out, "categories")
@@ -734,7 +732,7 @@ def _samples(p):
         from PIL import Image
         from ganpaint.apps import registry
         from ganpaint.world.labels import colorize
-        from ganpaint.world.scenes import render_batch, to_tensor_images, to_uint8_images
+        from ganpaint.world.scenes import render_batch, to_uint8_images
         out = Path(a.out)
         if out.is_dir():
             raise ValueError(f"--out {out} is a folder: give a PNG file name")
@@ -859,13 +857,13 @@ def _default_dissection(a):
 
 def _load_painter(a, g):
     """A Painter for the generator from --dissection (a generator's dissection of this model)."""
-    from ganpaint.core.dissection import Dissection
+    from ganpaint.apps import registry
     from ganpaint.core.intervene import Painter
     ddir = _default_dissection(a)
     if ddir is None:
         raise ValueError(f"--dissection is needed for model {a.model!r} (a dissection of its "
                          f"painting layer: `ganpaint dissect --model {a.model} --out DIR`)")
-    d = Dissection.load(ddir)
+    d = registry.load_dissection(ddir)
     if d.get("kind") == "classifier":
         raise ValueError(f"{ddir} is a classifier's dissection: painting needs a generator's")
     if d.get("model") not in (None, g.name):

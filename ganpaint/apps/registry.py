@@ -233,6 +233,24 @@ def load_generator(spec: str = "scenes", device="cpu", model_args=None) -> Gener
     return gen
 
 
+def load_dissection(path):
+    """`Dissection.load(path)`, with the scene world's other words for its concepts ("trees",
+    "lawn") when the file has none (written before dissections kept their segmenter's aliases)
+    and its concepts are the world's."""
+    from ganpaint.core.dissection import Dissection
+    from ganpaint.home import DataNotFoundError
+    d = Dissection.load(path)
+    if d.aliases:
+        return d
+    try:
+        from ganpaint.world.labels import ALIASES, CONCEPTS
+    except DataNotFoundError:  # no scene world here: canonical names only
+        return d
+    if set(d.concepts) <= set(CONCEPTS):
+        d.aliases = {a: c for a, c in ALIASES.items() if c in d.concepts}
+    return d
+
+
 def generator_from_dissection(d: dict, source, model=None, model_args=None, device="cpu",
                               trust=False) -> Generator:
     """The generator a dissection was made with, loaded with the model arguments it recorded

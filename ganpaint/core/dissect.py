@@ -163,7 +163,8 @@ def dissect(source, layers, out_dir=None, samples=2000, quantile=None, batch_siz
         except ValueError as e:
             status = ("error", str(e), None)
     try:
-        state = _agree(status or _saved(part, settings, out_dir), dist, rank, log)
+        state = _agree(status or _saved(part, settings, out_dir, getattr(source, "resume_hint", None)),
+                       dist, rank, log)
         if state is None:
             part.unlink(missing_ok=True)  # starting over: no stale state to pair with new ones
         return _run(source, out_dir, settings, part, state, save_seconds, progress, report, log)
@@ -233,8 +234,9 @@ class _Lock:
         self.path.unlink(missing_ok=True)
 
 
-def _saved(part, settings, out_dir):
-    """This rank's saved state as ("none" | "ok" | "error", message, state)."""
+def _saved(part, settings, out_dir, hint=None):
+    """This rank's saved state as ("none" | "ok" | "error", message, state). `hint(saved
+    settings)`, from the source, may say how to resume a run made with other settings."""
     if not part.exists():
         return ("none", None, None)
     try:
@@ -247,8 +249,10 @@ def _saved(part, settings, out_dir):
         diff = {k: (saved.get(k), v) for k, v in settings.items() if saved.get(k) != v}
         what = ("a finished dissection" if (out_dir / "dissection.json").exists()
                 else "a partial run")
+        how = hint(saved) if hint is not None else None
         return ("error", f"{out_dir} holds {what} with other settings {diff} (saved, "
-                         f"requested): use another --out, or delete {out_dir} to redo it", None)
+                         f"requested): {how + '; or ' if how else ''}use another --out, or delete "
+                         f"{out_dir} to redo it", None)
     return ("ok", None, state)
 
 

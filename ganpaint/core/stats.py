@@ -292,6 +292,14 @@ class TailStats:
         each counted its own batches on the same bins); every process ends with the totals.
         `device` is where the backend moves tensors (CUDA for NCCL, CPU for gloo)."""
         self._flush()
+        # label maps per pixel: the same on every process that counted (one that saw no batch
+        # still has the default 1)
+        maps = torch.tensor([self.maps, -self.maps if self.pixels else -10 ** 9], device=device)
+        dist.all_reduce(maps, op=dist.ReduceOp.MAX)
+        most, fewest = int(maps[0]), -int(maps[1])
+        if fewest != most and fewest != 10 ** 9:
+            raise ValueError(f"processes counted different numbers of label maps ({fewest}, {most})")
+        self.maps = most
         counts = [self.joint, self.concept_pixels, self.raw_joint,
                   torch.tensor([self.pixels, self.raw_pixels], dtype=torch.int64)]
         for t in counts:

@@ -40,6 +40,15 @@ class ProbeSource(ClassifierSource):
         return {**super().describe(), **({"probe_labels": "all"} if self.labels == "all" else {}),
                 **({"style": self.style} if self.style is not None else {})}
 
+    def resume_hint(self, saved: dict) -> str | None:
+        """How to resume a run saved with other probe labels: runs that record none (made
+        before the choice existed, or with labels='objects') used the object labels."""
+        was = saved.get("probe_labels", "objects")
+        if was != self.labels:
+            return (f"that run used the {was} probe labels: resume it with --probe-labels {was} "
+                    f"(labels='{was}')")
+        return None
+
     def labelled(self, indices):
         """Renders of the probe seeds and their exact label maps ((N, S, S), or (N, 3, S, S)
         for all categories)."""
