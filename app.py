@@ -71,7 +71,7 @@ def serve(a):
     app = PaintApp(g, d, segmenter=seg, layer=a.layer, encoder=enc)
     # Gradio sets matplotlib's backend around every handler call, which imports pyplot the
     # first time: done here, not during the first people's requests (~1 s of CPU)
-    import matplotlib.pyplot  # noqa: F401
+    import matplotlib.pyplot  # noqa: F401  (imported for its side effect)
     limit_decoding()
     demo = build_demo(app, ddir / "experiments")
     start_cache_janitor(os.environ["GRADIO_TEMP_DIR"])  # one file per reply: keep the newest

@@ -97,3 +97,15 @@ def test_dissect_and_categories_cli(tmp_path, capsys):
     code, _, err = run_cli(capsys, ["categories", "--dissection", ROOT / "models" / "dissection",
                                     "--out", tmp_path / "g"])
     assert code == 2 and "--probe-labels all" in error_line(err)
+
+
+def test_probe_seeds_of_dissections_and_experiments_are_apart():
+    """Each dissection seed and each classifier experiment renders probe images of its own:
+    a dissection with --seed 5 or 6 used to render the importance and attack images."""
+    from ganpaint.world.probe import ATTACK_BLOCK, IMPORTANCE_BLOCK, ProbeSource, block
+    from tests.toy import tiny_classifier
+    blocks = [block(s) for s in range(100)]
+    assert len(set(blocks)) == 100 and not set(blocks) & {IMPORTANCE_BLOCK, ATTACK_BLOCK}
+    assert block(0) == 0  # seed 0 keeps the images every shipped dissection used
+    with pytest.raises(ValueError, match="0..99"):
+        ProbeSource(tiny_classifier(), "tiny", seed=100)

@@ -67,9 +67,9 @@ def test_thresholds_agree_with_brute_force():
     acc, thr = pk.best_thresholds(peaks, present)
     for u in range(6):
         cands = np.unique(peaks[:, u].numpy())
-        brute = max([pk.balanced_accuracy(peaks[:, u], t - 1e-4, present) for t in cands] + [0.5])
+        brute = max([pk.balanced_accuracy(peaks[:, u] > t - 1e-4, present) for t in cands] + [0.5])
         assert abs(float(acc[u]) - brute) < 1e-6, u
-        assert abs(pk.balanced_accuracy(peaks[:, u], float(thr[u]), present) - float(acc[u])) < 1e-6
+        assert abs(pk.balanced_accuracy(peaks[:, u] > float(thr[u]), present) - float(acc[u])) < 1e-6
     assert int(acc.argmax()) == 3
     with pytest.raises(ValueError, match="with and without"):
         pk.best_thresholds(peaks, torch.ones(40, dtype=torch.bool))
@@ -98,3 +98,19 @@ def test_cli_on_the_shipped_classifier(tmp_path, capsys):
     code, _, err = run_cli(capsys, ["peak-detectors", "--layer", "conv9", "--samples", 20,
                                     "--out", tmp_path])
     assert code == 2 and "conv9" in error_line(err) and "conv5" in error_line(err)
+
+
+def test_presence_is_a_share_of_the_image_with_several_label_maps():
+    """With two label maps per pixel (N, 2, S, S), a concept is present when it covers
+    `min_share` of the image's pixels, as with one map (not of the pixels times the maps)."""
+    class TwoMaps(BlobProbe):
+        def __init__(self, model):
+            ClassifierSource.__init__(self, model, "blobnet", ["ground", "blob", "plain"])
+
+        def labelled(self, indices):
+            x, y = BlobProbe.labelled(self, indices)
+            return x, torch.stack([y, torch.full_like(y, 2)], 1)
+    kw = dict(min_share=0.04)  # the 16-px blob is 6 % of a 16×16 image
+    one = pk.peaks_and_presence(BlobProbe(blobnet()), "feat", range(12), **kw)[1]
+    two = pk.peaks_and_presence(TwoMaps(blobnet()), "feat", range(12), **kw)[1]
+    assert one[:, 1].sum() == 4 and torch.equal(two[:, :2], one) and two[:, 2].all()

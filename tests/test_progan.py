@@ -1,5 +1,4 @@
 """ProGAN compatibility with the GAN Dissection release's 256-px LSUN state dicts."""
-import pickle
 
 import pytest
 import torch

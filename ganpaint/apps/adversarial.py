@@ -7,7 +7,8 @@ L∞) attack on held-out probe images at a few ε; per successful image, the uni
 activation moved most, and how many of them are among the top-important units (by
 `unit_importance`) of the true class and of the class the attack reached. The defence the
 reference proposes: deactivate some top-important units at inference. We measure accuracy on
-clean and attacked images with k of them zeroed, against k random units.
+clean and attacked images with k units zeroed, drawn at random (`draws` times) from the pool of
+every class's top-important units, against k drawn from all the layer's units.
 """
 from __future__ import annotations
 
@@ -64,7 +65,9 @@ def attack(model, layer: str, x, y, important: dict, eps_list=EPSILONS, steps: i
            class_names=None, progress=True) -> dict:
     """The attack report for images x (N, 3, S, S) with classes y (N,). `important`: {class
     index: [unit, ...]} (its top-important units, most important first); `labels`: optional
-    {unit: what it detects}. The defence is measured against the attack at the largest ε."""
+    {unit: what it detects}. The defence is measured against the attack at the largest ε: k
+    units drawn `draws` times from the pool of all classes' important units, against k drawn
+    from all units (mean accuracies)."""
     from tqdm import tqdm
     model.eval()
     names = class_names or {}
@@ -156,7 +159,7 @@ def attack_figure(result: dict, path):
     b.set_xlabel("k units deactivated")
     b.set_ylabel("accuracy")
     b.set_ylim(0, 1.02)
-    b.set_title("defence: deactivate top-important units", fontsize=10)
+    b.set_title("defence: deactivate k units drawn from the important ones", fontsize=10)
     b.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import math
 import zlib
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ganpaint.core.dissect import DETECTOR_IOU, dissect
-from ganpaint.world.probe import ProbeSource
+from ganpaint.apps.peak_detectors import balanced_accuracy
+from ganpaint.world.probe import BLOCK, IMPORTANCE_BLOCK, ProbeSource
 
 PERTURBATIONS = ["noise:1", "noise:5", "noise:10", "noise:100", "rotate:10", "rotate:45",
                  "rotate:90", "patches:4", "patches:8"]
@@ -214,14 +214,6 @@ def _suffix(model, layer):
     return run
 
 
-def balanced_accuracy(pred, y, k) -> float:
-    """Mean of the true-positive and true-negative rates for 'is class k'."""
-    pos, neg = y == k, y != k
-    tpr = float((pred[pos] == k).float().mean()) if pos.any() else float("nan")
-    tnr = float((pred[neg] != k).float().mean()) if neg.any() else float("nan")
-    return (tpr + tnr) / 2
-
-
 @torch.no_grad()
 def unit_importance(model, name, layer="conv5", samples=600, classes=None, batch_size=100,
                     iou=None, progress=True) -> dict:
@@ -230,9 +222,9 @@ def unit_importance(model, name, layer="conv5", samples=600, classes=None, batch
     all-class accuracy (chance: 0.5 and 1/classes)."""
     from tqdm import tqdm
 
-    from ganpaint.world.classifier import CATEGORIES, category
+    from ganpaint.world.classifier import CATEGORIES, PROBE_SEED, category
     from ganpaint.core.hooks import Trace
-    src = ProbeSource(model, name, start=ProbeSource(model, name).start + 50_000_000)
+    src = ProbeSource(model, name, start=PROBE_SEED + IMPORTANCE_BLOCK * BLOCK)  # images of its own
     feats, ys = [], []
     for i in range(0, samples, batch_size):
         x, lab = src.probe(range(i, min(samples, i + batch_size)))
@@ -261,7 +253,7 @@ def unit_importance(model, name, layer="conv5", samples=600, classes=None, batch
 
     def removed(units_off, k):
         p = predict(units_off)
-        return {"balanced": balanced_accuracy(p, y, k), "overall": overall(p)}
+        return {"balanced": balanced_accuracy(p == k, y == k), "overall": overall(p)}
     out = {"model": name, "layer": layer, "samples": samples, "units": units,
            "chance": {"balanced": 0.5, "overall": 1 / n_classes},
            "overall_accuracy": overall(base), "classes": {}}
@@ -269,8 +261,8 @@ def unit_importance(model, name, layer="conv5", samples=600, classes=None, batch
     mean_act = feats.float().mean((2, 3))  # (N, U): each unit's mean activation per image
     drops = []
     for k in classes:
-        b0 = balanced_accuracy(base, y, k)
-        drop = np.array([b0 - balanced_accuracy(p, y, k) for p in per_unit])
+        b0 = balanced_accuracy(base == k, y == k)
+        drop = np.array([b0 - balanced_accuracy(p == k, y == k) for p in per_unit])
         drops.append(drop)
         order = np.argsort(-drop, kind="stable")
         top4, top20 = order[:4].tolist(), order[:20].tolist()

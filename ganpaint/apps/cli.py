@@ -457,6 +457,15 @@ def _classifier_args(p, samples):
     p.add_argument("--device", default=None)
 
 
+def _unit_labels(a) -> dict | None:
+    """{unit: "label IoU x"} from `--dissection` (what each unit was found to detect), or None."""
+    if not a.dissection:
+        return None
+    from ganpaint.apps import registry
+    stats = registry.load_dissection(a.dissection).unit_stats(a.layer)
+    return {s["unit"]: f"{s['label']} IoU {s['iou']:.3f}" for s in stats}
+
+
 def _classifier(a):
     from ganpaint.apps import registry
     return registry.load_classifier(a.classifier, _device(a), a.model_arg)
@@ -563,12 +572,8 @@ def _peaks(p):
 
         from ganpaint.apps import peak_detectors as pk
         from ganpaint.apps.experiments import save
-        from ganpaint.apps import registry
         from ganpaint.world.probe import ProbeSource
-        labels = None
-        if a.dissection:
-            stats = registry.load_dissection(a.dissection).unit_stats(a.layer)
-            labels = {s["unit"]: f"{s['label']} IoU {s['iou']:.3f}" for s in stats}
+        labels = _unit_labels(a)
         src = ProbeSource(_classifier(a), a.classifier, device=_device(a))
         r = pk.peak_detectors(src, a.layer, a.samples, a.held_out, a.batch_size, a.min_share,
                               labels, progress=not a.json)
@@ -609,19 +614,15 @@ def _adversarial(p):
         from ganpaint.apps import adversarial as adv
         from ganpaint.apps import classifier_experiments as ce
         from ganpaint.apps.experiments import save
-        from ganpaint.apps import registry
-        from ganpaint.world.classifier import CATEGORIES, category
-        from ganpaint.world.probe import ProbeSource
+        from ganpaint.world.classifier import CATEGORIES, PROBE_SEED, category
+        from ganpaint.world.probe import ATTACK_BLOCK, BLOCK, ProbeSource
         model = _classifier(a)
-        labels = None
-        if a.dissection:
-            stats = registry.load_dissection(a.dissection).unit_stats(a.layer)
-            labels = {s["unit"]: f"{s['label']} IoU {s['iou']:.3f}" for s in stats}
+        labels = _unit_labels(a)
         imp = ce.unit_importance(model, a.classifier, a.layer, a.importance_samples, None,
                                  a.batch_size, progress=not a.json)
         important = {CATEGORIES.index(c): row["important_units"] for c, row in imp["classes"].items()}
-        src = ProbeSource(model, a.classifier, device=_device(a))
-        src.start += 60_000_000  # apart from the dissection's and the importance's probe images
+        src = ProbeSource(model, a.classifier, device=_device(a),
+                          start=PROBE_SEED + ATTACK_BLOCK * BLOCK)  # images of its own
         x, lab = src.probe(range(a.samples))
         y = torch.tensor([category(l.numpy()) for l in lab])
         r = adv.attack(model, a.layer, x.to(_device(a)), y.to(_device(a)), important,

@@ -681,7 +681,7 @@ def build_demo(app: PaintApp, curves_dir: Path | None = None):
                     f"({app.units} units on a {app.grid[0]}×{app.grid[1]} grid: each brush stroke "
                     "acts on whole grid cells). Brush over the scene: the stroke applies when you "
                     "release the mouse. **Ctrl+Z** (or ⌘Z) or the undo button undoes the last stroke.")
-        with gr.Tabs() as tabs:
+        with gr.Tabs():
             with gr.Tab("Paint", id="paint"):
                 with gr.Row():
                     with gr.Column(scale=3):

@@ -32,7 +32,9 @@ def peaks_and_presence(source, layer: str, indices, batch_size=50, min_share=MIN
         peaks.append(acts[layer].amax((2, 3)).float().cpu())
         counts = torch.nn.functional.one_hot(labels.reshape(len(labels), -1),
                                              len(source.concepts)).sum(1)
-        present.append(counts >= min_share * labels[0].numel())
+        # a share of one image's pixels: with several label maps (N, K, S, S) each pixel is
+        # counted once per map, and the maps' concepts are disjoint
+        present.append(counts >= min_share * labels.shape[-1] * labels.shape[-2])
     return torch.cat(peaks), torch.cat(present)
 
 
@@ -61,11 +63,11 @@ def best_thresholds(peaks: torch.Tensor, present: torch.Tensor):
     return best.clamp(min=0.5).float(), threshold.float()
 
 
-def balanced_accuracy(peaks_u: torch.Tensor, threshold: float, present: torch.Tensor) -> float:
-    """Balanced accuracy of "peak > threshold" for one unit's peaks (N,) against `present`."""
-    pred = peaks_u > threshold
-    tpr = float(pred[present].float().mean()) if present.any() else float("nan")
-    tnr = float((~pred[~present]).float().mean()) if (~present).any() else float("nan")
+def balanced_accuracy(pred: torch.Tensor, truth: torch.Tensor) -> float:
+    """Mean of the true-positive and true-negative rates of bool predictions (N,) against the
+    bool truth (N,): 0.5 for any constant guess, however rare the positives."""
+    tpr = float(pred[truth].float().mean()) if truth.any() else float("nan")
+    tnr = float((~pred[~truth]).float().mean()) if (~truth).any() else float("nan")
     return (tpr + tnr) / 2
 
 
@@ -94,7 +96,7 @@ def peak_detectors(source, layer: str, samples=1000, held_out=1000, batch_size=5
         edges = np.histogram_bin_edges(np.concatenate([with_it, without, [t]]), bins)
         row = {"unit": u, "threshold": round(t, 5),
                "balanced_accuracy_fit": round(float(acc[u]), 4),
-               "balanced_accuracy": round(balanced_accuracy(test_p[:, u], t, yt), 4),
+               "balanced_accuracy": round(balanced_accuracy(test_p[:, u] > t, yt), 4),
                "presence": round(float(yt.float().mean()), 4),
                "runner_up": {"unit": int(acc.argsort(descending=True)[1]),
                              "balanced_accuracy_fit": round(float(acc.sort(descending=True)[0][1]), 4)},

@@ -12,7 +12,7 @@ def _plt():
 
 
 def bar_chart(values: dict, path: Path, title: str, ylabel: str, color="#4a7ab5"):
-    """A horizontal bar chart PNG of {label: value} (detector counts, shares), for reports."""
+    """A (vertical) bar chart PNG of {label: value} (detector counts, shares), for reports."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(max(4, 0.55 * len(values) + 2), 3.2), dpi=100)
     ax.bar(list(values), list(values.values()), color=color)

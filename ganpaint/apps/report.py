@@ -10,7 +10,6 @@ import html
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from ganpaint.core.dissect import DETECTOR_IOU

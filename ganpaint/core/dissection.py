@@ -106,12 +106,13 @@ class Dissection(Mapping):
         """The unit's activation level at top quantile `q` (the dissection's own when None):
         the value an insertion sets the unit to, and the mask threshold."""
         stats = self.unit_stats(layer)[int(unit)]
+        levels = stats.get("levels", {})  # files from before several quantiles were kept
         if q is None or float(q) == self.quantile:
-            return float(stats["levels"].get(str(self.quantile), stats["level"]))
-        for key, v in stats["levels"].items():
+            return float(levels.get(str(self.quantile), stats["level"]))
+        for key, v in levels.items():
             if float(key) == float(q):
                 return float(v)
-        raise unknown("quantile", q, [float(k) for k in stats["levels"]])
+        raise unknown("quantile", q, list(dict.fromkeys([self.quantile] + [float(k) for k in levels])))
 
     def results(self, layer: str | None = None) -> dict:
         """{iou (units, concepts), level (units,), best_threshold_iou (units, concepts)} arrays

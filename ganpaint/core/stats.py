@@ -187,6 +187,12 @@ class TailStats:
             self.maps = int(seg.shape[1])
         elif seg.shape[1] != self.maps:
             raise ValueError(f"{seg.shape[1]} label maps in this batch, {self.maps} before")
+        if seg.shape[1] > 1:  # each map its own concepts: a pixel counted twice for one would be wrong
+            lo, hi = seg.amin((0, 2, 3)), seg.amax((0, 2, 3))
+            order = lo.argsort()
+            if bool((hi[order][:-1] >= lo[order][1:]).any()):
+                raise ValueError(f"label maps must use disjoint concept ranges; this batch's maps "
+                                 f"span {list(zip(lo.tolist(), hi.tolist()))}")
         s1, s2 = seg.shape[-2:]
         if self._pending + seg.numel() >= 2 ** 31:
             self._flush()

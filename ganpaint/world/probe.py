@@ -11,10 +11,20 @@ from ganpaint.world.labels import ALIASES, CONCEPTS
 from ganpaint.world.scenes import render_batch, to_tensor_images
 
 
+BLOCK = 10_000_000  # probe seeds per block: one block per use, so no two uses share images
+IMPORTANCE_BLOCK, ATTACK_BLOCK = 5, 6  # the classifier experiments' own held-out images
+
+
+def block(seed: int) -> int:
+    """The block of probe seeds a dissection with `seed` renders: 0 for seed 0, 10 + seed for
+    the others (never an experiment's block)."""
+    return 0 if int(seed) == 0 else 10 + int(seed)
+
+
 class ProbeSource(ClassifierSource):
     """A classifier dissected on rendered scenes and their label maps.
 
-    Sample i is the render of seed `start + seed * 10_000_000 + i` (held out from training,
+    Sample i is the render of seed `start + block(seed) · BLOCK + i` (held out from training,
     from `PROBE_SEED` by default), at `size` pixels. `labels="objects"`: the world's objects
     (one map); "all": objects and parts, materials and colours (three maps, see
     `ganpaint.world.categories`), each concept with its category. `style`: the same scenes
@@ -32,6 +42,8 @@ class ProbeSource(ClassifierSource):
         concepts = CONCEPTS_ALL if labels == "all" else CONCEPTS
         super().__init__(model, name, concepts, seed, perturb, device, ignore_index, ALIASES)
         self.size, self.labels, self.style = int(size), labels, style
+        if not 0 <= int(seed) < 100:
+            raise ValueError(f"probe seed must be in 0..99, got {seed}")
         self.start = PROBE_SEED if start is None else int(start)
         self.categories = {c: CATEGORY[c] for c in concepts if c in CATEGORY}
 
@@ -52,7 +64,7 @@ class ProbeSource(ClassifierSource):
     def labelled(self, indices):
         """Renders of the probe seeds and their exact label maps ((N, S, S), or (N, 3, S, S)
         for all categories)."""
-        seeds = [self.start + self.seed * 10_000_000 + i for i in indices]
+        seeds = [self.start + block(self.seed) * BLOCK + i for i in indices]
         if self.labels == "all":
             pairs = [render_labelled(s, self.size) for s in seeds]
             images, labels = np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])

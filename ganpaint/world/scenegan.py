@@ -11,7 +11,6 @@ training has hours of two CPU cores rather than days of a GPU.
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import torch

@@ -5,7 +5,6 @@ and the optional probabilities and features), so any other segmenter plugs in th
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import torch
