@@ -332,7 +332,8 @@ def test_views_are_embedded_in_the_page_and_the_canvas_reads_only_strokes(app, t
     import re
     from gradio.data_classes import FileData
     from gradio.components.image_editor import EditorData
-    from ganpaint.apps.paintapp import embed_views, stroke_canvas
+    from ganpaint.apps.canvas import StrokeCanvas
+    from ganpaint.apps.paintapp import embed_views
     editor, session, cells, _, msg = app.new_scene(3)
     out = embed_views(app.new_scene)(3)
     src = re.search(r'src="data:image/png;base64,([^"]+)"', out[2]).group(1)
@@ -343,13 +344,17 @@ def test_views_are_embedded_in_the_page_and_the_canvas_reads_only_strokes(app, t
     assert number(again) > number(out[2])  # the page can tell a new reply from the last one
     layer = tmp_path / "layer.png"
     Image.fromarray(stroke_layer(0, 32, 0, 32)).save(layer)
-    canvas = stroke_canvas(type="numpy")
+    canvas = StrokeCanvas(type="numpy")
     value = canvas.preprocess(EditorData(background=FileData(path=str(tmp_path / "expired.png")),
                                          layers=[FileData(path=str(layer))],
                                          composite=FileData(path=str(tmp_path / "gone.png"))))
     assert value["background"] is None and value["composite"] is None
     assert app.brush_mask(value)[:32, :32].all() and app.brush_mask(value).sum() == 32 * 32
     assert canvas.get_block_name() == "imageeditor"  # drawn as Gradio's own editor
+    # a handler's update (gr.skip() on the editor) makes Gradio build a fresh instance of the
+    # class for the session: it must still be the stroke canvas
+    fresh = type(canvas)(**{**canvas.constructor_args, "render": False})
+    assert fresh.preprocess.__func__ is StrokeCanvas.preprocess
     sent = canvas.postprocess({"background": cells, "layers": [], "composite": None})
     assert np.array_equal(np.asarray(Image.open(sent.background.path)), cells)  # lossless
 

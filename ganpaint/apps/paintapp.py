@@ -562,7 +562,7 @@ def limit_decoding():
 def prune_cache(cache_dir, keep: int = CACHE_KEEP, grace: float = CACHE_GRACE) -> int:
     """Delete the oldest entries of Gradio's cache folder beyond the newest `keep`, sparing any
     modified in the last `grace` seconds. Safe for the canvas: the server never reads a scene it
-    sent back (see `stroke_canvas`). Returns how many entries were deleted."""
+    sent back (see `ganpaint.apps.canvas`). Returns how many entries were deleted."""
     import time
     root = Path(cache_dir)
     entries = []
@@ -625,53 +625,11 @@ def embed_views(fn):
     return run
 
 
-def cache_png(img: np.ndarray, cache_dir) -> str:
-    """`img` as a PNG in Gradio's cache, named by its content as Gradio names its own files
-    (the same scene is one file): written with fast compression (about 5× faster than Gradio's
-    default level, 20 % larger), since every reply sends one."""
-    import hashlib
-    import io
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, "png", compress_level=1)
-    data = buf.getvalue()
-    path = Path(cache_dir) / hashlib.sha256(data).hexdigest() / "scene.png"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)  # a reader never sees a partly written file
-    return str(path)
-
-
-def stroke_canvas(**kwargs):
-    """Gradio's image editor, sending and reading only what the app needs: the background goes
-    out as a fast PNG; of what the browser sends back only the brush layers are decoded (the
-    server never reads the background or composite: the scene comes from the session's state),
-    so an expired cache file of them breaks nothing. (Set on the instance: a subclass would make
-    Gradio write a .pyi stub beside this module.)"""
-    import gradio as gr
-    editor = gr.ImageEditor(**kwargs)
-    decode, encode = editor.preprocess, editor.postprocess
-
-    def preprocess(payload):
-        if payload is not None:
-            cached = editor.blob_storage.get(payload.id) if payload.id is not None else None
-            for p in (payload, cached):
-                if p is not None:
-                    p.background = p.composite = None
-        return decode(payload)
-
-    def postprocess(value):
-        if isinstance(value, dict) and isinstance(value.get("background"), np.ndarray):
-            value = {**value, "background": cache_png(value["background"], editor.GRADIO_CACHE)}
-        return encode(value)
-    editor.preprocess, editor.postprocess = preprocess, postprocess
-    return editor
-
-
 def build_demo(app: PaintApp, curves_dir: Path | None = None):
     """The Gradio Blocks of the app (Paint, Units, Ablation tabs) around a `PaintApp`."""
     import gradio as gr
+
+    from ganpaint.apps.canvas import StrokeCanvas
     concepts = app.concepts
     default = "tree" if "tree" in concepts else concepts[0]
     with gr.Blocks(title="ganpaint", delete_cache=DELETE_CACHE) as demo:
@@ -685,7 +643,7 @@ def build_demo(app: PaintApp, curves_dir: Path | None = None):
             with gr.Tab("Paint", id="paint"):
                 with gr.Row():
                     with gr.Column(scale=3):
-                        editor = stroke_canvas(
+                        editor = StrokeCanvas(
                             value=None, type="numpy", format="png", label="scene (paint here: a stroke applies on release)",
                             height=VIEW + 80, width=VIEW, canvas_size=(CANVAS, CANVAS), fixed_canvas=True,
                             sources=(), brush=gr.Brush(default_size=12, colors=["#ff3090"], color_mode="fixed"),

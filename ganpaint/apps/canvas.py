@@ -1,0 +1,63 @@
+"""The painting app's brush canvas: Gradio's image editor, sending and reading only what the
+app needs.
+
+Every reply puts a new scene on the canvas, and every stroke sends the canvas back. The app
+never reads back the background or the composite (the scene is regenerated from the session's
+seed and strokes), so only the brush layers are decoded, and the background goes out as a fast
+PNG. A subclass, not settings on one instance: Gradio builds a fresh instance of the class for
+a session whenever a handler updates the component (`gr.skip()` does), and an instance's own
+settings would be lost from then on.
+
+Importing this module imports Gradio (the app's dependency, not the library's). Gradio writes a
+type-stub file (canvas.pyi) beside any module that defines a component class; it is generated,
+ignored by git, and a read-only install just goes without it.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import threading
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+from PIL import Image
+
+
+def cache_png(img: np.ndarray, cache_dir) -> str:
+    """`img` as a PNG in Gradio's cache, named by its content as Gradio names its own files
+    (the same scene is one file): written with fast compression (about 5× faster than Gradio's
+    default level, 20 % larger), since every reply sends one."""
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, "png", compress_level=1)
+    data = buf.getvalue()
+    path = Path(cache_dir) / hashlib.sha256(data).hexdigest() / "scene.png"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)  # a reader never sees a partly written file
+    return str(path)
+
+
+class StrokeCanvas(gr.ImageEditor):
+    """Gradio's image editor whose background goes out as a fast PNG and of whose value only the
+    brush layers are decoded (an expired cache file of the background breaks nothing)."""
+
+    is_template = True  # drawn by the browser as Gradio's own image editor
+
+    def preprocess(self, payload):
+        """The browser's value with the background and composite dropped before decoding."""
+        if payload is not None:
+            cached = self.blob_storage.get(payload.id) if payload.id is not None else None
+            for p in (payload, cached):
+                if p is not None:
+                    p.background = p.composite = None
+        return super().preprocess(payload)
+
+    def postprocess(self, value):
+        """The reply's value, its background array written by `cache_png`."""
+        if isinstance(value, dict) and isinstance(value.get("background"), np.ndarray):
+            value = {**value, "background": cache_png(value["background"], self.GRADIO_CACHE)}
+        return super().postprocess(value)
