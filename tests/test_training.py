@@ -26,6 +26,30 @@ def test_gan_resume_equals_unbroken_run(tmp_path):
     assert g(torch.randn(2, g.z_dim)).shape == (2, 3, 64, 64)
 
 
+@pytest.mark.slow
+def test_gan_continues_from_a_compact_state(tmp_path):
+    """Every export writes a compact state (networks in half precision, no optimiser moments):
+    a fresh run started from it continues at its step with its networks."""
+    scenegan.train(tmp_path / "a", tmp_path / "a.pt", steps=2, batch_size=4, log=quiet)
+    compact = tmp_path / "a" / "state_compact.pt"
+    full, small = checkpoint.load(tmp_path / "a" / "state.pt"), checkpoint.load(compact)
+    assert small["step"] == 2 and set(small["compact_state"]) == {"g", "g_ema", "d", "d_sem"}
+    assert compact.stat().st_size < 0.3 * (tmp_path / "a" / "state.pt").stat().st_size
+    logs = []
+    scenegan.train(tmp_path / "b", tmp_path / "b.pt", steps=2, batch_size=4, init=compact, log=logs.append)
+    assert any("compact state" in m and "step 2" in m for m in logs)
+    assert not (tmp_path / "b" / "state.pt").exists()  # already at step 2: nothing to train
+    scenegan.train(tmp_path / "b", tmp_path / "b.pt", steps=3, batch_size=4, init=compact, log=quiet)
+    b = checkpoint.load(tmp_path / "b" / "state.pt")
+    assert b["step"] == 3
+    g = scenegan.build_generator()  # the continued run starts from the compact weights
+    g.load_state_dict({k: v.float() for k, v in small["compact_state"]["g_ema"].items()})
+    diff = max((b["g_ema"][k] - v).abs().max().item() for k, v in g.state_dict().items())
+    assert 0 < diff < 0.05, diff  # one step of EMA away, not a fresh network
+    assert all(torch.allclose(full[k][n].half().float(), v.float())
+               for k in ("g", "d") for n, v in small["compact_state"][k].items())
+
+
 def test_semantic_discriminator_learns_heads_only_and_passes_gradients_to_the_image():
     seg = load_segmenter()
     before = {k: v.clone() for k, v in seg.net.state_dict().items()}

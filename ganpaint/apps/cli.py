@@ -128,7 +128,8 @@ def _train_gan(p):
     p.add_argument("--no-semantic-d", dest="semantic", action="store_false",
                    help="train against the pixel discriminator only (no frozen-segmenter one)")
     p.add_argument("--init", default=None,
-                   help="generator file a fresh run starts from (e.g. models/scenegan.pt)")
+                   help="what a fresh run starts from: a generator file (e.g. models/scenegan.pt) "
+                        "or a compact training state (state_compact.pt, written at every export)")
 
     def run(a):
         from ganpaint.world.scenegan import train

@@ -194,22 +194,53 @@ class Trainer:
         return loss_d, loss_g.item()
 
 
+NETWORKS = ("g", "g_ema", "d", "d_sem")  # what a compact training state keeps
+
+
+def compact_state(parts: dict, step: int) -> dict:
+    """A training run's networks in half precision, without the optimisers' moments (Adam
+    rebuilds them within a few hundred steps): about 15 MB, small enough to commit, so a run
+    continues from it where its full state (about 70 MB) was lost. `parts`: {name: module or
+    state dict} (a full state file's content works too)."""
+    half = lambda t: t.half() if t.is_floating_point() else t  # noqa: E731
+    weights = lambda p: p.state_dict() if hasattr(p, "state_dict") else p  # noqa: E731
+    return {"compact_state": {k: {n: half(t) for n, t in weights(parts[k]).items()}
+                              for k in NETWORKS if k in parts}, "step": int(step)}
+
+
+def _start_from(init, tr, device, log) -> int:
+    """Seed a fresh run from `init`: a compact training state (networks and step) or a generator
+    file (its weights seed G and its EMA; the discriminators start fresh). Returns the step."""
+    state = checkpoint.load(init, device)
+    if "compact_state" not in state:
+        start = load_generator(init, device)
+        tr.g.load_state_dict(start.state_dict())
+        tr.g_ema.load_state_dict(start.state_dict())
+        log(f"fresh run: generator initialised from {init}")
+        return 0
+    for name, weights in state["compact_state"].items():
+        if name in tr.parts:
+            part = tr.parts[name]
+            part.load_state_dict({k: v.to(part.state_dict()[k].dtype) for k, v in weights.items()})
+    log(f"continuing from the compact state {init} at step {state['step']} (fresh optimisers)")
+    return int(state["step"])
+
+
 def train(out_dir="runs/gan", export_to=DEFAULT_WEIGHTS, steps=20000, batch_size=32,
           lr_g=1e-3, lr_d=1e-3, device=None, log=print, semantic=True, segmenter_path=None,
           init=None):
-    """Train (or resume) the scene GAN. `init`: a generator file to start a fresh run from
-    (its weights seed G and its EMA; the discriminators start fresh)."""
+    """Train (or resume) the scene GAN. `init`: where a fresh run starts (no state in `out_dir`):
+    a generator file, or a compact training state (see `compact_state`; written beside the
+    full state at every export, as state_compact.pt)."""
     from PIL import Image
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     out_dir = checkpoint.run_paths(out_dir, export_to)
     state_path = out_dir / "state.pt"
     tr = Trainer(batch_size, lr_g, lr_d, device, semantic, segmenter_path)
+    step = 0
     if init is not None and not state_path.exists():
-        start = load_generator(init, device)
-        tr.g.load_state_dict(start.state_dict())
-        tr.g_ema.load_state_dict(start.state_dict())
-        log(f"fresh run: generator initialised from {init}")
-    step = checkpoint.resume(state_path, tr.parts, device, log, optional=("d_sem", "opt_d_sem"))
+        step = _start_from(init, tr, device, log)
+    step = checkpoint.resume(state_path, tr.parts, device, log, optional=("d_sem", "opt_d_sem")) or step
     stream = SceneStream(tr.g.resolution, batch_size, start=step * batch_size)
     bar = tqdm(total=steps, initial=step, desc=f"train {out_dir.name}", unit="step")
     while step < steps:
@@ -224,6 +255,7 @@ def train(out_dir="runs/gan", export_to=DEFAULT_WEIGHTS, steps=20000, batch_size
                             state_path)
         if step % 500 == 0 or step == steps:
             export(tr.g_ema, export_to, {"steps": step, "batch_size": batch_size})
+            checkpoint.save(compact_state(tr.parts, step), out_dir / "state_compact.pt")
             Image.fromarray(sample_grid(tr.g_ema, device=device)).save(out_dir / f"samples_{step:06d}.png")
             bar.write(f"exported {export_to} at step {step}")
     bar.close()
