@@ -52,8 +52,8 @@ def serve(a):
 
     from ganpaint.apps import registry
     from ganpaint.core.checkpoint import CheckpointError
-    from ganpaint.apps.paintapp import (CSS, HEAD, MAX_UPLOAD, PaintApp, build_demo, limit_decoding,
-                                        start_cache_janitor)
+    from ganpaint.apps.paintapp import CSS, HEAD, MAX_UPLOAD, PaintApp, build_demo, limit_decoding
+    from ganpaint.apps.serving import start_cache_janitor
 
     from ganpaint.core.checkpoint import MODELS
     ddir = Path(a.dissection) if a.dissection else MODELS / "dissection"

@@ -35,7 +35,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from tests.toy import free_port, start_app  # noqa: E402
-from ganpaint.apps.paintapp import CACHE_GRACE  # noqa: E402
+from ganpaint.apps.serving import CACHE_GRACE  # noqa: E402
 CANVAS = 256
 
 

@@ -363,7 +363,7 @@ def test_the_reply_cache_keeps_the_newest_and_the_young(tmp_path):
     """The janitor's rule: entries beyond the newest `keep` go, unless younger than `grace` s."""
     import os
     import time
-    from ganpaint.apps.paintapp import prune_cache
+    from ganpaint.apps.serving import prune_cache
     now = time.time()
     for i in range(10):  # entry i is 10·i s old; a folder, as Gradio's hash folders, or a file
         e = tmp_path / f"e{i}"
@@ -378,6 +378,28 @@ def test_the_reply_cache_keeps_the_newest_and_the_young(tmp_path):
     assert prune_cache(tmp_path, keep=3, grace=0) == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e0", "e1", "e2"]
     assert prune_cache(tmp_path / "missing") == 0
+
+
+def test_the_cache_janitor_sleeps_until_a_request_comes(tmp_path):
+    """Idle, the janitor leaves the cache alone (no polling); a request wakes it and it prunes
+    to the newest `keep`."""
+    import time
+    from ganpaint.apps import serving
+    serving.ACTIVITY.clear()
+    for i in range(4):
+        (tmp_path / f"e{i}").write_bytes(b"x")
+    stop = serving.start_cache_janitor(tmp_path, period=0.02, keep=1, grace=0)
+    try:
+        time.sleep(0.3)
+        assert len(list(tmp_path.iterdir())) == 4  # asleep: nobody painted
+        serving.touch()
+        deadline = time.time() + 5
+        while len(list(tmp_path.iterdir())) > 1 and time.time() < deadline:
+            time.sleep(0.02)
+        assert len(list(tmp_path.iterdir())) == 1
+        assert not serving.ACTIVITY.is_set()  # back asleep
+    finally:
+        stop.set()
 
 
 def test_an_upload_does_not_hold_up_other_sessions(app, tmp_path, monkeypatch):

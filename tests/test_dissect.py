@@ -173,7 +173,6 @@ def test_custom_model_args_and_rank_cli(tmp_path):
 def test_full_tail_best_threshold_iou_is_exact(tmp_path):
     """With tail=1 the histogram spans each unit's whole range; IoU at every bin edge is exact,
     so the best threshold found equals the brute-force best over those edges."""
-    import numpy as np
     from ganpaint.core.stats import TailStats
     result = run(tmp_path / "d", samples=64, tail=1.0, level_from="upsampled")
     src = source()

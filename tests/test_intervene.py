@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from ganpaint.core.intervene import Painter, Stroke, apply_strokes, pool_mask
+from ganpaint.core.intervene import Stroke, apply_strokes, pool_mask
 from ganpaint.core.names import UnknownNameError
 
 

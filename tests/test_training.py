@@ -13,9 +13,15 @@ def quiet(*a):
 
 
 @pytest.mark.slow
-def test_gan_resume_equals_unbroken_run(tmp_path):
+def test_gan_resume_equals_unbroken_run_and_continues_from_a_compact_state(tmp_path):
+    """A run stopped at step 2 and resumed equals an unbroken one. Every export also writes a
+    compact state (networks in half precision, no optimiser moments): a fresh run started from
+    it continues at its step with its networks."""
     scenegan.train(tmp_path / "a", tmp_path / "a.pt", steps=3, batch_size=4, device="cpu", log=quiet)
     scenegan.train(tmp_path / "b", tmp_path / "b.pt", steps=2, batch_size=4, device="cpu", log=quiet)
+    compact = tmp_path / "compact.pt"
+    (tmp_path / "b" / "state_compact.pt").rename(compact)
+    full, small = checkpoint.load(tmp_path / "b" / "state.pt"), checkpoint.load(compact)
     scenegan.train(tmp_path / "b", tmp_path / "b.pt", steps=3, batch_size=4, device="cpu", log=quiet)
     a, b = checkpoint.load(tmp_path / "a" / "state.pt"), checkpoint.load(tmp_path / "b" / "state.pt")
     assert a["step"] == b["step"] == 3
@@ -25,29 +31,21 @@ def test_gan_resume_equals_unbroken_run(tmp_path):
     g = scenegan.load_generator(tmp_path / "b.pt")
     assert g(torch.randn(2, g.z_dim)).shape == (2, 3, 64, 64)
 
-
-@pytest.mark.slow
-def test_gan_continues_from_a_compact_state(tmp_path):
-    """Every export writes a compact state (networks in half precision, no optimiser moments):
-    a fresh run started from it continues at its step with its networks."""
-    scenegan.train(tmp_path / "a", tmp_path / "a.pt", steps=2, batch_size=4, log=quiet)
-    compact = tmp_path / "a" / "state_compact.pt"
-    full, small = checkpoint.load(tmp_path / "a" / "state.pt"), checkpoint.load(compact)
     assert small["step"] == 2 and set(small["compact_state"]) == {"g", "g_ema", "d", "d_sem"}
-    assert compact.stat().st_size < 0.3 * (tmp_path / "a" / "state.pt").stat().st_size
-    logs = []
-    scenegan.train(tmp_path / "b", tmp_path / "b.pt", steps=2, batch_size=4, init=compact, log=logs.append)
-    assert any("compact state" in m and "step 2" in m for m in logs)
-    assert not (tmp_path / "b" / "state.pt").exists()  # already at step 2: nothing to train
-    scenegan.train(tmp_path / "b", tmp_path / "b.pt", steps=3, batch_size=4, init=compact, log=quiet)
-    b = checkpoint.load(tmp_path / "b" / "state.pt")
-    assert b["step"] == 3
-    g = scenegan.build_generator()  # the continued run starts from the compact weights
-    g.load_state_dict({k: v.float() for k, v in small["compact_state"]["g_ema"].items()})
-    diff = max((b["g_ema"][k] - v).abs().max().item() for k, v in g.state_dict().items())
-    assert 0 < diff < 0.05, diff  # one step of EMA away, not a fresh network
+    assert compact.stat().st_size < 0.3 * (tmp_path / "b" / "state.pt").stat().st_size
     assert all(torch.allclose(full[k][n].half().float(), v.float())
                for k in ("g", "d") for n, v in small["compact_state"][k].items())
+    logs = []
+    scenegan.train(tmp_path / "c", tmp_path / "c.pt", steps=2, batch_size=4, init=compact, log=logs.append)
+    assert any("compact state" in m and "step 2" in m for m in logs)
+    assert not (tmp_path / "c" / "state.pt").exists()  # already at step 2: nothing to train
+    scenegan.train(tmp_path / "c", tmp_path / "c.pt", steps=3, batch_size=4, init=compact, log=quiet)
+    c = checkpoint.load(tmp_path / "c" / "state.pt")
+    assert c["step"] == 3
+    g = scenegan.build_generator()  # the continued run starts from the compact weights
+    g.load_state_dict({k: v.float() for k, v in small["compact_state"]["g_ema"].items()})
+    diff = max((c["g_ema"][k] - v).abs().max().item() for k, v in g.state_dict().items())
+    assert 0 < diff < 0.05, diff  # one step of EMA away, not a fresh network
 
 
 def test_semantic_discriminator_learns_heads_only_and_passes_gradients_to_the_image():

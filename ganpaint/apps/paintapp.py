@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import atexit
 import copy
-import itertools
 import os
 import shutil
 import tempfile
@@ -25,6 +24,7 @@ from PIL import Image
 
 from ganpaint.core.dissection import Dissection
 from ganpaint.core.intervene import Painter, Stroke, apply_strokes
+from ganpaint.apps.serving import encode_png, png_html, touch
 from ganpaint.world.scenes import to_uint8_images
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -47,11 +47,6 @@ MAX_UPLOAD = "8mb"
 MAX_LAYER = 4096
 KEEP_FILES = 64  # download PNGs kept in out_dir; older ones are deleted (Gradio serves a copy)
 DELETE_CACHE = (900, 1800)
-# Gradio's reply cache gets one entry per reply (the canvas's scene; an upload adds one): the
-# server's janitor keeps the newest CACHE_KEEP and any younger than CACHE_GRACE seconds (a reply
-# still being fetched), so storage stays bounded however many people paint.
-CACHE_KEEP = 32
-CACHE_GRACE = 10.0
 CONCURRENCY = 16  # renders let in at once (one concurrency group): the batcher gathers them
 # Ctrl+Z / ⌘Z undoes the last applied stroke (outside text fields, whose own undo is kept): the
 # browser's default would edit the focused box; the editor's own undo would only erase an
@@ -82,6 +77,7 @@ def guard(fn):
 
     @functools.wraps(fn)  # keeps the signature: Gradio injects gr.Progress by it
     def run(*args, **kwargs):
+        touch()  # the cache janitor wakes while people paint
         try:
             return fn(*args, **kwargs)
         except gr.Error:
@@ -322,8 +318,8 @@ class PaintApp:
         else:
             view = self.view(self.image(session))
         fd, path = tempfile.mkstemp(prefix=name, suffix=".png", dir=self.out_dir)
-        os.close(fd)
-        Image.fromarray(view).save(path, compress_level=1)
+        with os.fdopen(fd, "wb") as f:
+            f.write(encode_png(view))
         with self.files_lock:  # Gradio copies the file into its cache: only recent ones are kept
             self.files.append(path)
             while len(self.files) > KEEP_FILES:
@@ -557,58 +553,6 @@ def limit_decoding():
     (what Gradio decodes from a client). Process-wide, so the server calls it, not the library:
     other code in the same process (an inversion upload) keeps its own limits and messages."""
     Image.MAX_IMAGE_PIXELS = MAX_LAYER * MAX_LAYER // 2  # PIL refuses twice this: > MAX_LAYER²
-
-
-def prune_cache(cache_dir, keep: int = CACHE_KEEP, grace: float = CACHE_GRACE) -> int:
-    """Delete the oldest entries of Gradio's cache folder beyond the newest `keep`, sparing any
-    modified in the last `grace` seconds. Safe for the canvas: the server never reads a scene it
-    sent back (see `ganpaint.apps.canvas`). Returns how many entries were deleted."""
-    import time
-    root = Path(cache_dir)
-    entries = []
-    for e in (root.iterdir() if root.is_dir() else ()):
-        try:
-            entries.append((e.stat().st_mtime, e))
-        except FileNotFoundError:  # deleted meanwhile
-            pass
-    entries.sort(reverse=True)
-    now, gone = time.time(), 0
-    for mtime, e in entries[keep:]:
-        if now - mtime < grace:
-            continue
-        shutil.rmtree(e, ignore_errors=True) if e.is_dir() else e.unlink(missing_ok=True)
-        gone += 1
-    return gone
-
-
-def start_cache_janitor(cache_dir, period: float = 2.0) -> threading.Event:
-    """Run `prune_cache` on `cache_dir` every `period` seconds in a daemon thread; set the
-    returned event to stop it."""
-    stop = threading.Event()
-
-    def run():
-        while not stop.wait(period):
-            prune_cache(cache_dir)
-    threading.Thread(target=run, name="ganpaint-cache-janitor", daemon=True).start()
-    return stop
-
-
-REPLIES = itertools.count(1)  # numbers every embedded image: the page can tell a new reply
-
-
-def png_html(img: np.ndarray | None, alt: str, width: int | None = None) -> str:
-    """`img` embedded in the page as a PNG data URI: views that change on every reply (the
-    cells, before/after) leave no file in Gradio's cache. Empty for None."""
-    if img is None:
-        return ""
-    import base64
-    import io
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, "png", compress_level=1)
-    w = width or img.shape[1]
-    return (f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}" '
-            f'alt="{alt}" title="{alt}" data-reply="{next(REPLIES)}" '
-            f'style="width:{w}px;max-width:100%;margin-top:6px">')
 
 
 def embed_views(fn):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import threading
 import warnings
 import zipfile
 from pathlib import Path
@@ -39,13 +40,24 @@ def run_paths(out_dir, export_to) -> Path:
     return out_dir
 
 
-def save(obj, path) -> None:
-    """Write `obj` with torch.save to `path` atomically (temp file + rename)."""
+def atomic_write(path, write) -> None:
+    """Write `path` through `write(binary file)` under a temporary name, then rename: a reader
+    (or a run killed meanwhile) never sees a partial file. The temporary name is the writer's
+    own (process and thread), so concurrent writers of one file do not collide."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save(obj, path) -> None:
+    """Write `obj` with torch.save to `path` atomically."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load(path, map_location="cpu"):

@@ -9,13 +9,13 @@ mapping of the dissection.json document, for code and people that want the raw n
 from __future__ import annotations
 
 import json
-import os
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
+from ganpaint.core.checkpoint import atomic_write
 from ganpaint.core.names import lookup, unknown
 from ganpaint.core.stats import LEVEL_FROM
 
@@ -237,7 +237,7 @@ class Dissection(Mapping):
         f = learned_path(self.path, kind)
         data = _read_learned(self.path, kind)
         data.setdefault(result["layer"], {})[result["concept"]] = result
-        _atomic(f, lambda out: out.write(json.dumps(data, indent=1).encode()))
+        atomic_write(f, lambda out: out.write(json.dumps(data, indent=1).encode()))
         return f
 
     # -- files -------------------------------------------------------------------------------
@@ -276,33 +276,24 @@ class Dissection(Mapping):
         path.mkdir(parents=True, exist_ok=True)
         src = None if self.path is None else Path(self.path) / "results.npz"
         if self._arrays is not None:
-            _atomic(path / "results.npz", lambda f: np.savez_compressed(f, **self._arrays))
+            atomic_write(path / "results.npz", lambda f: np.savez_compressed(f, **self._arrays))
         elif src is not None and src.exists() and src.resolve() != (path / "results.npz").resolve():
-            _atomic(path / "results.npz", lambda f: f.write(src.read_bytes()))
+            atomic_write(path / "results.npz", lambda f: f.write(src.read_bytes()))
         for kind, key in LEARNED.items():
             mine = {name: lay[key] for name, lay in self.summary["layers"].items() if lay.get(key)}
             if mine:
                 data = _read_learned(path, kind)
                 for name, rankings in mine.items():
                     data.setdefault(name, {}).update(rankings)
-                _atomic(learned_path(path, kind), lambda f: f.write(json.dumps(data, indent=1).encode()))
+                atomic_write(learned_path(path, kind), lambda f: f.write(json.dumps(data, indent=1).encode()))
         learned = set(LEARNED.values())
         doc = {**self.summary, "layers": {
             name: {k: v for k, v in lay.items() if k not in learned}
             for name, lay in self.summary["layers"].items()}}
         # no indent: the C encoder, 5× faster
-        _atomic(path / "dissection.json", lambda f: f.write(json.dumps(doc).encode()))
+        atomic_write(path / "dissection.json", lambda f: f.write(json.dumps(doc).encode()))
         self.path = path
         return path / "dissection.json"
-
-
-def _atomic(target: Path, write):
-    """Write `target` through `write(binary file)` under a temporary name, then rename: a reader
-    (or a run killed meanwhile) never sees a partial file."""
-    tmp = target.with_name(target.name + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-    os.replace(tmp, target)
 
 
 def learned_path(out_dir, kind="causal") -> Path:
