@@ -11,7 +11,7 @@ Gradio's cache) after the run, once the server's janitor has had its grace perio
 younger than CACHE_GRACE s are kept: they may still be fetched), `temp_files_peak` the number
 when the last reply came, `temp_files_after_exit` once it has stopped (SIGTERM); `load_avg` the 1-minute load average
 before and after; `server_cpu_s` / `client_cpu_s` the CPU seconds the server
-(during the run) and this process (the N clients) used, `wall_s` the run's duration: on a small
+and this process (the N clients) used from the moment every client was connected to the last reply, `wall_s` the run's duration: on a small
 machine the clients share the server's cores.
 """
 from __future__ import annotations
@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 from tests.toy import free_port, start_app  # noqa: E402
 from ganpaint.apps.serving import CACHE_GRACE  # noqa: E402
 CANVAS = 256
+CALLS = ("new_scene", "paint 1", "paint 2", "undo")  # each session's requests, in order
 
 
 def layer_png(path: Path, y0, y1, x0, x1) -> Path:
@@ -75,6 +76,10 @@ def session(i: int, url: str, tmp: Path, out: dict, go: threading.Barrier):
     from gradio_client import Client, handle_file
     seed, strokes = plan(i)
     times, images, errors = [], [], []
+    # what a browser does on its own machine is done before the clock starts (the stroke
+    # layers) or after the run (decoding the replies to check them)
+    layers = [handle_file(str(layer_png(tmp / f"s{i}_{k}.png", y0, y1, x0, x1)))
+              for k, (_, _, _, (y0, y1, x0, x1)) in enumerate(strokes)]
     try:
         # fetch only the scene; plain http on localhost: without ssl_verify=False, httpx builds
         # an SSL context with the CA bundle on every call (~50 ms of CPU), on the server's cores
@@ -96,16 +101,14 @@ def session(i: int, url: str, tmp: Path, out: dict, go: threading.Barrier):
         times.append(time.perf_counter() - t)
         scene = res[0]["background"]  # the brush canvas's scene (CANVAS px, lossless PNG)
         with urllib.request.urlopen(scene["url"], timeout=60) as f:
-            images.append(np.asarray(Image.open(io.BytesIO(f.read())).convert("RGB")))
+            images.append(f.read())
         return res
     res = call(seed, api_name="/new_scene")
-    for k, (concept, action, strength, (y0, y1, x0, x1)) in enumerate(strokes):
+    for (concept, action, strength, _), layer in zip(strokes, layers):
         if res is None:
             break
         # the server reads the stroke from the layers only (the scene comes from its own state)
-        editor = {"background": None,
-                  "layers": [handle_file(str(layer_png(tmp / f"s{i}_{k}.png", y0, y1, x0, x1)))],
-                  "composite": None}
+        editor = {"background": None, "layers": [layer], "composite": None}
         res = call(editor, concept, action, strength, 1.0, api_name="/paint")
     if res is not None:
         call(api_name="/undo")
@@ -135,8 +138,10 @@ def main(argv=None):
     proc, url = start(free_port(), tmp)
     try:
         out: dict = {}
-        go = threading.Barrier(a.sessions)
-        t_run, idle = time.perf_counter(), cpu_seconds(proc.pid)
+        mark = {}  # the server's and this process's CPU when every client is connected
+        go = threading.Barrier(a.sessions, action=lambda: mark.update(
+            server=cpu_seconds(proc.pid), client=cpu_seconds(os.getpid())))
+        t_run = time.perf_counter()
         threads = [threading.Thread(target=session, args=(i, url, tmp, out, go))
                    for i in range(a.sessions)]
         for t in threads:
@@ -169,7 +174,7 @@ def main(argv=None):
     mismatches = 0
     for i, r in out.items():
         want = expected(i, app)
-        got = r["images"]
+        got = [np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in r["images"]]
         mismatches += sum(not np.array_equal(g, w) for g, w in zip(got, want))
         mismatches += max(0, len(want) - len(got)) if not r["errors"] else 0
     q = lambda f: round(times[min(len(times) - 1, int(f * len(times)))], 3) if times else None  # noqa: E731
@@ -177,10 +182,14 @@ def main(argv=None):
               "mismatches": mismatches, "p50": q(0.5), "p95": q(0.95),
               "max": round(times[-1], 3) if times else None, "temp_files": temp_files,
               "temp_files_peak": peak,
-              "temp_files_after_exit": after_exit, "server_cpu_s": (round(server_cpu - idle, 2) if server_cpu is not None else None),
-              "client_cpu_s": client_cpu, "wall_s": round(wall, 2),
+              "temp_files_after_exit": after_exit, "server_cpu_s": (round(server_cpu - mark["server"], 2) if server_cpu is not None else None),
+              "client_cpu_s": (round(client_cpu - mark["client"], 2) if client_cpu is not None else None),
+              "wall_s": round(wall, 2),
               "load_avg": [round(load0, 2), round(os.getloadavg()[0], 2)],
-              "mean": round(statistics.fmean(times), 3) if times else None}
+              "mean": round(statistics.fmean(times), 3) if times else None,
+              "max_by_call": {name: round(max((r["times"][k] for r in out.values()
+                                               if len(r["times"]) > k), default=0), 3)
+                              for k, name in enumerate(CALLS)}}
     if errors:
         result["first_errors"] = errors[:3]
     if a.json:

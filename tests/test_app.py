@@ -5,7 +5,7 @@ from PIL import Image
 
 from ganpaint.core.dissect import dissect
 from ganpaint.core.upsample import upsampled
-from ganpaint.apps.paintapp import CANVAS, GRID_VIEW, VIEW, PaintApp, Session
+from ganpaint.apps.paintapp import CANVAS, GRID_PX, VIEW, PaintApp, Session
 from tests.toy import source
 
 
@@ -27,7 +27,7 @@ def test_new_scene(app):
     editor, session, grid, compare, msg = app.new_scene(3)
     assert editor["background"].shape == (CANVAS, CANVAS, 3) and editor["composite"] is None
     assert session.seed == 3 and session.strokes == []
-    assert grid.shape == (GRID_VIEW, GRID_VIEW, 3)
+    assert grid.shape == (GRID_PX, GRID_PX, 3)
     assert compare is None  # before/after off until asked
     path = app.download(session)  # written when asked: the scene at VIEW px
     shown = np.asarray(Image.fromarray(np.asarray(Image.open(path))).resize((CANVAS, CANVAS), Image.LANCZOS))
@@ -398,6 +398,20 @@ def test_the_cache_janitor_sleeps_until_a_request_comes(tmp_path):
             time.sleep(0.02)
         assert len(list(tmp_path.iterdir())) == 1
         assert not serving.ACTIVITY.is_set()  # back asleep
+    finally:
+        stop.set()
+    # an entry spared for its youth goes as soon as its grace ends, not a period later
+    time.sleep(0.1)
+    serving.ACTIVITY.clear()
+    stop = serving.start_cache_janitor(tmp_path, period=1.0, keep=0, grace=0.3)
+    try:
+        t = time.time()
+        serving.touch()
+        time.sleep(0.9)
+        (tmp_path / "young").write_bytes(b"x")  # 0.1 s old at the first pass: spared
+        while any(tmp_path.iterdir()) and time.time() - t < 5:
+            time.sleep(0.01)
+        assert not any(tmp_path.iterdir()) and 1.1 < time.time() - t < 1.7
     finally:
         stop.set()
 

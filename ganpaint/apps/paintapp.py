@@ -28,8 +28,14 @@ from ganpaint.apps.serving import encode_png, png_html, touch
 from ganpaint.world.scenes import to_uint8_images
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# Gradio's queue summarises its log of events with pandas after every event, for a monitoring
+# page this app does not use: 5-7 ms of CPU per request, 24 ms once the log holds its default
+# 10,000 events. Summarised every 1,000 events instead, and at most 1,000 kept.
+os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "1000")
+os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "1000")
 VIEW = 512  # displayed size of the scene
 GRID_VIEW = 256  # displayed size of the "feature cells touched" view
+GRID_PX = 128  # ... drawn at 128 px (twice the model's 64) and shown magnified: 4× less to encode
 # The brush canvas holds the scene at 256 px (the editor zooms it to the same displayed size):
 # the browser exports and uploads the canvas on every stroke, and at 512 px that alone took
 # ~0.5 s of the stroke round trip in headless Chromium. The model draws 64 px, so nothing is lost.
@@ -47,6 +53,7 @@ MAX_UPLOAD = "8mb"
 MAX_LAYER = 4096
 KEEP_FILES = 64  # download PNGs kept in out_dir; older ones are deleted (Gradio serves a copy)
 DELETE_CACHE = (900, 1800)
+CACHE_MB = 64  # memory for scenes' cached painting-layer features (~500 scenes on the default)
 CONCURRENCY = 16  # renders let in at once (one concurrency group): the batcher gathers them
 # Ctrl+Z / ⌘Z undoes the last applied stroke (outside text fields, whose own undo is kept): the
 # browser's default would edit the focused box; the editor's own undo would only erase an
@@ -172,7 +179,9 @@ class PaintApp:
         table = self.dissection.concept_table(self.painter.layer)
         self.concepts = [r["concept"] for r in table if r["best_iou"] > 0]
         self.units = self.dissection.units(self.painter.layer)
-        self.grid = generator.layer_shapes([self.painter.layer])[self.painter.layer][1:]
+        shape = generator.layer_shapes([self.painter.layer])[self.painter.layer]
+        self.grid = shape[1:]
+        self.painter.cache_size = max(16, CACHE_MB * 2**20 // (4 * int(np.prod(shape))))
 
     def first_seed(self, limit: int = 100, need=(("building", 0.10), ("tree", 0.04))) -> int:
         """The seed the app opens on: the first whose scene shows every concept of `need` over
@@ -225,6 +234,8 @@ class PaintApp:
         p = self.painter
         with self.lock:
             if p.generator.can_split(p.layer):
+                # features one latent at a time: batched, they would differ in float rounding
+                # from a scene rendered alone (a reply must not depend on who else paints)
                 feats = [apply_strokes(p.features(self.latent(seed)), strokes) for seed, strokes in jobs]
                 with torch.no_grad():
                     x = p.generator.forward_from(p.layer, torch.cat(feats))
@@ -337,8 +348,7 @@ class PaintApp:
         editor = {"background": self.grid_lines(canvas) if session.grid else canvas,
                   "layers": [], "composite": None}
         compare = self.compare_view(session, img) if session.compare else None
-        # the cells view is shown at GRID_VIEW px: drawn at that size
-        cells = self.grid_overlay(canvas if GRID_VIEW == CANVAS else self.view(img, GRID_VIEW), session)
+        cells = self.grid_overlay(self.view(img, GRID_PX), session)
         return editor, session, cells, compare, message
 
     def new_scene(self, seed, session: Session | None = None):
@@ -564,7 +574,7 @@ def embed_views(fn):
         out = fn(*args, **kwargs)
         if not isinstance(out[2], np.ndarray) and out[2] is not None:  # gr.skip(): nothing new
             return out
-        return (*out[:2], png_html(out[2], "feature cells touched", GRID_VIEW),
+        return (*out[:2], png_html(out[2], "feature cells touched", GRID_VIEW, pixelated=True),
                 png_html(out[3], "before / after", VIEW), *out[4:])
     return run
 

@@ -37,20 +37,23 @@ def encode_png(img: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def png_html(img: np.ndarray | None, alt: str, width: int | None = None) -> str:
+def png_html(img: np.ndarray | None, alt: str, width: int | None = None,
+             pixelated: bool = False) -> str:
     """`img` embedded in the page as a PNG data URI, so views that change on every reply leave
-    no file in Gradio's cache. Empty for None."""
+    no file in Gradio's cache; shown `width` px wide, magnified with sharp pixels if `pixelated`.
+    Empty for None."""
     if img is None:
         return ""
     w = width or img.shape[1]
+    sharp = "image-rendering:pixelated;" if pixelated else ""
     return (f'<img src="data:image/png;base64,{base64.b64encode(encode_png(img)).decode()}" '
             f'alt="{alt}" title="{alt}" data-reply="{next(REPLIES)}" '
-            f'style="width:{w}px;max-width:100%;margin-top:6px">')
+            f'style="width:{w}px;max-width:100%;margin-top:6px;{sharp}">')
 
 
-def _prune(cache_dir, keep: int, grace: float) -> tuple[int, int]:
-    """(deleted, spared): entries beyond the newest `keep` are deleted unless younger than
-    `grace` seconds (spared)."""
+def _prune(cache_dir, keep: int, grace: float) -> tuple[int, float | None]:
+    """(deleted, wait): entries beyond the newest `keep` are deleted unless younger than `grace`
+    seconds; `wait` is how long until the oldest entry spared may go (None: none spared)."""
     root = Path(cache_dir)
     entries = []
     for e in (root.iterdir() if root.is_dir() else ()):
@@ -59,14 +62,14 @@ def _prune(cache_dir, keep: int, grace: float) -> tuple[int, int]:
         except FileNotFoundError:  # deleted meanwhile
             pass
     entries.sort(reverse=True)
-    now, gone, spared = time.time(), 0, 0
+    now, gone, wait = time.time(), 0, None
     for mtime, e in entries[keep:]:
         if now - mtime < grace:
-            spared += 1
+            wait = grace - (now - mtime)  # oldest last: the soonest to expire
             continue
         shutil.rmtree(e, ignore_errors=True) if e.is_dir() else e.unlink(missing_ok=True)
         gone += 1
-    return gone, spared
+    return gone, wait
 
 
 def prune_cache(cache_dir, keep: int = CACHE_KEEP, grace: float = CACHE_GRACE) -> int:
@@ -91,8 +94,8 @@ class _Stop(threading.Event):
 
 def start_cache_janitor(cache_dir, period: float = 2.0, keep: int = CACHE_KEEP,
                         grace: float = CACHE_GRACE) -> threading.Event:
-    """Prune `cache_dir` every `period` seconds while requests come in (`touch`) and until the
-    entries spared for their youth are gone; idle otherwise. Runs in a daemon thread; set the
+    """Prune `cache_dir` every `period` seconds while requests come in (`touch`), and until the
+    entries spared for their youth are gone, each as soon as it may go; idle otherwise. Runs in a daemon thread; set the
     returned event to stop it."""
     stop = _Stop()
 
@@ -100,11 +103,14 @@ def start_cache_janitor(cache_dir, period: float = 2.0, keep: int = CACHE_KEEP,
         while not stop.is_set():
             ACTIVITY.wait()
             ACTIVITY.clear()
-            while not stop.wait(period):
-                _, spared = _prune(cache_dir, keep, grace)
-                if not spared and not ACTIVITY.is_set():
+            pause = period
+            while not stop.wait(pause):
+                _, wait = _prune(cache_dir, keep, grace)
+                if wait is None and not ACTIVITY.is_set():
                     break  # nothing left to wait for: sleep until the next request
                 ACTIVITY.clear()
+                # again after `period`, or as soon as the oldest entry spared may go
+                pause = min(period, wait + 0.05) if wait is not None else period
 
     threading.Thread(target=run, name="ganpaint-cache-janitor", daemon=True).start()
     return stop
