@@ -332,7 +332,7 @@ def test_views_are_embedded_in_the_page_and_the_canvas_reads_only_strokes(app, t
     import re
     from gradio.data_classes import FileData
     from gradio.components.image_editor import EditorData
-    from ganpaint.apps.canvas import StrokeCanvas
+    from ganpaint.apps.components import StrokeCanvas
     from ganpaint.apps.paintapp import embed_views
     editor, session, cells, _, msg = app.new_scene(3)
     out = embed_views(app.new_scene)(3)
@@ -378,6 +378,13 @@ def test_the_reply_cache_keeps_the_newest_and_the_young(tmp_path):
     assert prune_cache(tmp_path, keep=3, grace=0) == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e0", "e1", "e2"]
     assert prune_cache(tmp_path / "missing") == 0
+    # a folder of several uploads (one content, several names) counts its files
+    (tmp_path / "up").mkdir()
+    for i in range(4):
+        (tmp_path / "up" / f"layer{i}.png").write_bytes(b"x")
+    os.utime(tmp_path / "up", (now - 5, now - 5))  # between e0 and e1
+    assert prune_cache(tmp_path, keep=2, grace=0) == 3  # e0 (1 file) kept; up (4) over: it and older go
+    assert [p.name for p in tmp_path.iterdir()] == ["e0"]
 
 
 def test_the_cache_janitor_sleeps_until_a_request_comes(tmp_path):

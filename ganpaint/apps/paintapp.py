@@ -583,7 +583,7 @@ def build_demo(app: PaintApp, curves_dir: Path | None = None):
     """The Gradio Blocks of the app (Paint, Units, Ablation tabs) around a `PaintApp`."""
     import gradio as gr
 
-    from ganpaint.apps.canvas import StrokeCanvas
+    from ganpaint.apps.components import PhotoUpload, StrokeCanvas
     concepts = app.concepts
     default = "tree" if "tree" in concepts else concepts[0]
     with gr.Blocks(title="ganpaint", delete_cache=DELETE_CACHE) as demo:
@@ -632,7 +632,7 @@ def build_demo(app: PaintApp, curves_dir: Path | None = None):
                                              elem_id="seed")
                             load_btn = gr.Button("load seed", elem_id="load")
                             rand_btn = gr.Button("new scene", elem_id="random")
-                        upload_btn = gr.UploadButton(
+                        upload_btn = PhotoUpload(
                             "upload your image (any size: centre-cropped; about 20 s to invert)",
                             file_types=["image"], file_count="single", type="filepath",
                             elem_id="upload")

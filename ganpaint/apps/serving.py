@@ -21,8 +21,8 @@ import numpy as np
 from PIL import Image
 
 # Gradio's reply cache gets one entry per reply (the canvas's scene; an upload adds one): the
-# janitor keeps the newest CACHE_KEEP and any younger than CACHE_GRACE seconds (a reply still
-# being fetched), so storage stays bounded however many people paint.
+# janitor keeps the newest entries holding CACHE_KEEP files and any younger than CACHE_GRACE
+# seconds (a reply still being fetched), so storage stays bounded however many people paint.
 CACHE_KEEP = 32
 CACHE_GRACE = 10.0
 ACTIVITY = threading.Event()  # set by every handler call (`touch`): wakes the janitor
@@ -52,18 +52,23 @@ def png_html(img: np.ndarray | None, alt: str, width: int | None = None,
 
 
 def _prune(cache_dir, keep: int, grace: float) -> tuple[int, float | None]:
-    """(deleted, wait): entries beyond the newest `keep` are deleted unless younger than `grace`
-    seconds; `wait` is how long until the oldest entry spared may go (None: none spared)."""
+    """(deleted, wait): the newest entries holding `keep` files are kept (an entry is a file, or
+    a folder of the files uploaded with one content), the older deleted unless younger than
+    `grace` seconds; `wait` is how long until the oldest entry spared may go (None: none)."""
     root = Path(cache_dir)
     entries = []
     for e in (root.iterdir() if root.is_dir() else ()):
         try:
-            entries.append((e.stat().st_mtime, e))
+            files = sum(1 for _ in e.iterdir()) if e.is_dir() else 1
+            entries.append((e.stat().st_mtime, e, files))
         except FileNotFoundError:  # deleted meanwhile
             pass
     entries.sort(reverse=True)
-    now, gone, wait = time.time(), 0, None
-    for mtime, e in entries[keep:]:
+    now, gone, wait, files = time.time(), 0, None, 0
+    for mtime, e, n in entries:
+        files += n
+        if files <= keep:
+            continue
         if now - mtime < grace:
             wait = grace - (now - mtime)  # oldest last: the soonest to expire
             continue
@@ -73,9 +78,9 @@ def _prune(cache_dir, keep: int, grace: float) -> tuple[int, float | None]:
 
 
 def prune_cache(cache_dir, keep: int = CACHE_KEEP, grace: float = CACHE_GRACE) -> int:
-    """Delete the oldest entries of Gradio's cache folder beyond the newest `keep`, sparing any
-    modified in the last `grace` seconds. Safe for the canvas: the server never reads a scene it
-    sent back (see `ganpaint.apps.canvas`). Returns how many entries were deleted."""
+    """Delete the oldest entries of Gradio's cache folder beyond the newest holding `keep` files,
+    sparing any modified in the last `grace` seconds. Safe for the canvas: the server never reads a scene it
+    sent back (see `ganpaint.apps.components`). Returns how many entries were deleted."""
     return _prune(cache_dir, keep, grace)[0]
 
 

@@ -1,16 +1,21 @@
-"""The painting app's brush canvas: Gradio's image editor, sending and reading only what the
-app needs.
+"""The painting app's Gradio components where Gradio's own do more work than the app needs.
 
-Every reply puts a new scene on the canvas, and every stroke sends the canvas back. The app
-never reads back the background or the composite (the scene is regenerated from the session's
-seed and strokes), so only the brush layers are decoded, and the background goes out as a fast
-PNG. A subclass, not settings on one instance: Gradio builds a fresh instance of the class for
-a session whenever a handler updates the component (`gr.skip()` does), and an instance's own
+The brush canvas (`StrokeCanvas`): every reply puts a new scene on the canvas, and every stroke
+sends the canvas back. The app never reads back the background or the composite (the scene is
+regenerated from the session's seed and strokes), so only the brush layers are decoded, and the
+background goes out as a fast PNG.
+
+The photo upload (`PhotoUpload`): Gradio rebuilds every component's API schema for every new
+session, three times, and the upload button's is not cached: with 16 people arriving at once
+that was a tenth of the server's work.
+
+Subclasses, not settings on one instance: Gradio builds a fresh instance of the class for a
+session whenever a handler updates the component (`gr.skip()` does), and an instance's own
 settings would be lost from then on.
 
 Importing this module imports Gradio (the app's dependency, not the library's). Gradio writes a
-type-stub file (canvas.pyi) beside any module that defines a component class; it is generated,
-ignored by git, and a read-only install just goes without it.
+type-stub file (components.pyi) beside any module that defines a component class; it is
+generated, ignored by git, and a read-only install just goes without it.
 """
 from __future__ import annotations
 
@@ -54,3 +59,15 @@ class StrokeCanvas(gr.ImageEditor):
         if isinstance(value, dict) and isinstance(value.get("background"), np.ndarray):
             value = {**value, "background": cache_png(value["background"], self.GRADIO_CACHE)}
         return super().postprocess(value)
+
+
+class PhotoUpload(gr.UploadButton):
+    """Gradio's upload button, its API schema computed once."""
+
+    is_template = True  # drawn by the browser as Gradio's own upload button
+
+    def api_info(self):
+        """The button's API schema (the same for every session)."""
+        if getattr(self, "_api_info_cache", None) is None:
+            self._api_info_cache = super().api_info()
+        return self._api_info_cache
