@@ -76,6 +76,12 @@ def serve(a):
     demo = build_demo(app, ddir / "experiments")
     start_cache_janitor(os.environ["GRADIO_TEMP_DIR"])  # one file per reply: keep the newest
     demo.queue(default_concurrency_limit=2)
+    # everything built so far (models, Gradio's app) lives as long as the server: set aside from
+    # the garbage collector, whose full passes over it took a few hundred ms in the middle of
+    # people's requests
+    import gc
+    gc.collect()
+    gc.freeze()
     demo.launch(server_name=a.host, server_port=a.port, share=False, footer_links=[], css=CSS,
                 head=HEAD, max_file_size=MAX_UPLOAD)
 
