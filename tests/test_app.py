@@ -372,6 +372,7 @@ def test_the_reply_cache_keeps_the_newest_and_the_young(tmp_path):
         else:
             e.mkdir()
             (e / "scene.png").write_bytes(b"x")
+            os.utime(e / "scene.png", (now - 10 * i, now - 10 * i))
         os.utime(e, (now - 10 * i, now - 10 * i))
     assert prune_cache(tmp_path, keep=3, grace=55) == 4  # e3..e5 kept (young), e6..e9 gone
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"e{i}" for i in range(6)]
@@ -380,47 +381,57 @@ def test_the_reply_cache_keeps_the_newest_and_the_young(tmp_path):
     assert prune_cache(tmp_path / "missing") == 0
     # a folder of several uploads (one content, several names) counts its files
     (tmp_path / "up").mkdir()
-    for i in range(4):
-        (tmp_path / "up" / f"layer{i}.png").write_bytes(b"x")
-    os.utime(tmp_path / "up", (now - 5, now - 5))  # between e0 and e1
+    for f in [tmp_path / "up" / f"layer{i}.png" for i in range(4)] + [tmp_path / "up"]:
+        f.exists() or f.write_bytes(b"x")
+        os.utime(f, (now - 5, now - 5))  # between e0 and e1
     assert prune_cache(tmp_path, keep=2, grace=0) == 3  # e0 (1 file) kept; up (4) over: it and older go
     assert [p.name for p in tmp_path.iterdir()] == ["e0"]
+    # a folder whose file was sent again (Gradio re-touches the file) is as young as that file
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "scene.png").write_bytes(b"x")
+    os.utime(old, (now - 100, now - 100))
+    assert prune_cache(tmp_path, keep=0, grace=55) == 0
 
 
 def test_the_cache_janitor_sleeps_until_a_request_comes(tmp_path):
-    """Idle, the janitor leaves the cache alone (no polling); a request wakes it and it prunes
-    to the newest `keep`."""
+    """Idle, the janitor makes no pass (no polling); a request wakes it, it prunes to the newest
+    `keep` files and sleeps again."""
     import time
     from ganpaint.apps import serving
-    serving.ACTIVITY.clear()
     for i in range(4):
         (tmp_path / f"e{i}").write_bytes(b"x")
-    stop = serving.start_cache_janitor(tmp_path, period=0.02, keep=1, grace=0)
+    j = serving.Janitor(tmp_path, period=0.02, keep=1, grace=0)
     try:
         time.sleep(0.3)
-        assert len(list(tmp_path.iterdir())) == 4  # asleep: nobody painted
+        assert j.passes == 0 and len(list(tmp_path.iterdir())) == 4  # nobody painted
         serving.touch()
-        deadline = time.time() + 5
+        deadline = time.time() + 10
         while len(list(tmp_path.iterdir())) > 1 and time.time() < deadline:
             time.sleep(0.02)
         assert len(list(tmp_path.iterdir())) == 1
-        assert not serving.ACTIVITY.is_set()  # back asleep
+        (tmp_path / "late").write_bytes(b"x")  # no request since: it stays
+        time.sleep(0.3)
+        assert len(list(tmp_path.iterdir())) == 2
     finally:
-        stop.set()
-    # an entry spared for its youth goes as soon as its grace ends, not a period later
-    time.sleep(0.1)
-    serving.ACTIVITY.clear()
-    stop = serving.start_cache_janitor(tmp_path, period=1.0, keep=0, grace=0.3)
+        j.stop()
+
+
+def test_the_cache_janitor_prunes_a_spared_entry_as_soon_as_it_may_go(tmp_path):
+    """An entry spared for its youth goes once its grace ends, not a whole period later."""
+    import time
+    from ganpaint.apps import serving
+    j = serving.Janitor(tmp_path, period=2.0, keep=0, grace=2.4)
     try:
+        (tmp_path / "young").write_bytes(b"x")
         t = time.time()
-        serving.touch()
-        time.sleep(0.9)
-        (tmp_path / "young").write_bytes(b"x")  # 0.1 s old at the first pass: spared
-        while any(tmp_path.iterdir()) and time.time() - t < 5:
-            time.sleep(0.01)
-        assert not any(tmp_path.iterdir()) and 1.1 < time.time() - t < 1.7
+        serving.touch()  # first pass after 2 s: spared (2.0 s old), 0.4 s to go
+        while (tmp_path / "young").exists() and time.time() - t < 15:
+            time.sleep(0.02)
+        assert not (tmp_path / "young").exists()
+        assert j.passes == 2 and time.time() - t < 4.0  # a second period would end at 4 s
     finally:
-        stop.set()
+        j.stop()
 
 
 def test_an_upload_does_not_hold_up_other_sessions(app, tmp_path, monkeypatch):

@@ -20,6 +20,7 @@ generated, ignored by git, and a read-only install just goes without it.
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import gradio as gr
@@ -34,7 +35,9 @@ def cache_png(img: np.ndarray, cache_dir) -> str:
     names its own files (the same scene is one file)."""
     data = encode_png(img)
     path = Path(cache_dir) / hashlib.sha256(data).hexdigest() / "scene.png"
-    if not path.exists():
+    if path.exists():
+        os.utime(path)  # sent again: young again for the cache janitor
+    else:
         atomic_write(path, lambda f: f.write(data))
     return str(path)
 

@@ -28,14 +28,9 @@ from ganpaint.apps.serving import encode_png, png_html, touch
 from ganpaint.world.scenes import to_uint8_images
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-# Gradio's queue summarises its log of events with pandas after every event, for a monitoring
-# page this app does not use: 5-7 ms of CPU per request, 24 ms once the log holds its default
-# 10,000 events. Summarised every 1,000 events instead, and at most 1,000 kept.
-os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "1000")
-os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "1000")
 VIEW = 512  # displayed size of the scene
 GRID_VIEW = 256  # displayed size of the "feature cells touched" view
-GRID_PX = 128  # ... drawn at 128 px (twice the model's 64) and shown magnified: 4× less to encode
+GRID_PX = 128  # ... drawn at 128 px and shown magnified (sharp pixels): 4× less to encode than 256
 # The brush canvas holds the scene at 256 px (the editor zooms it to the same displayed size):
 # the browser exports and uploads the canvas on every stroke, and at 512 px that alone took
 # ~0.5 s of the stroke round trip in headless Chromium. The model draws 64 px, so nothing is lost.
@@ -73,7 +68,7 @@ document.addEventListener("keydown", (e) => {
 
 def guard(fn):
     """A handler whose errors reach the user: Gradio shows only "Error" for an exception that is
-    not a gr.Error, with the message in the server log."""
+    not a gr.Error, with the message in the server log. Each call also wakes the cache janitor."""
     import functools
     import logging
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import io
 import itertools
+import logging
 import shutil
 import threading
 import time
@@ -25,7 +26,6 @@ from PIL import Image
 # seconds (a reply still being fetched), so storage stays bounded however many people paint.
 CACHE_KEEP = 32
 CACHE_GRACE = 10.0
-ACTIVITY = threading.Event()  # set by every handler call (`touch`): wakes the janitor
 REPLIES = itertools.count(1)  # numbers every embedded image: the page can tell a new reply
 
 
@@ -58,9 +58,9 @@ def _prune(cache_dir, keep: int, grace: float) -> tuple[int, float | None]:
     root = Path(cache_dir)
     entries = []
     for e in (root.iterdir() if root.is_dir() else ()):
-        try:
-            files = sum(1 for _ in e.iterdir()) if e.is_dir() else 1
-            entries.append((e.stat().st_mtime, e, files))
+        try:  # a folder's age is its newest file's: Gradio re-touches a file it sends again
+            files = [f.stat().st_mtime for f in e.iterdir()] if e.is_dir() else []
+            entries.append((max([e.stat().st_mtime, *files]), e, max(1, len(files))))
         except FileNotFoundError:  # deleted meanwhile
             pass
     entries.sort(reverse=True)
@@ -78,44 +78,62 @@ def _prune(cache_dir, keep: int, grace: float) -> tuple[int, float | None]:
 
 
 def prune_cache(cache_dir, keep: int = CACHE_KEEP, grace: float = CACHE_GRACE) -> int:
-    """Delete the oldest entries of Gradio's cache folder beyond the newest holding `keep` files,
-    sparing any modified in the last `grace` seconds. Safe for the canvas: the server never reads a scene it
-    sent back (see `ganpaint.apps.components`). Returns how many entries were deleted."""
+    """Delete the oldest entries of Gradio's cache folder beyond the newest holding `keep`
+    files, sparing any modified in the last `grace` seconds. Safe for the canvas: the server
+    never reads a scene it sent back (see `ganpaint.apps.components`). Returns how many
+    entries were deleted."""
     return _prune(cache_dir, keep, grace)[0]
 
 
+_JANITORS: set = set()  # the running janitors, woken by `touch`
+
+
 def touch() -> None:
-    """Tell the janitor a request came in (new cache entries may follow)."""
-    ACTIVITY.set()
+    """Tell the janitors a request came in (new cache entries may follow)."""
+    for j in list(_JANITORS):
+        j.wake.set()
 
 
-class _Stop(threading.Event):
-    """A janitor's stop switch: setting it also wakes the janitor, so that it sees the stop."""
+class Janitor:
+    """Prunes a cache folder every `period` seconds while requests come in (`touch`), and
+    until the entries spared for their youth are gone, each as soon as it may go; sleeps
+    otherwise. Runs in a daemon thread until `stop`."""
 
-    def set(self):
-        super().set()
-        ACTIVITY.set()
+    def __init__(self, cache_dir, period: float = 2.0, keep: int = CACHE_KEEP,
+                 grace: float = CACHE_GRACE):
+        self.cache_dir, self.period, self.keep, self.grace = cache_dir, period, keep, grace
+        self.wake, self.stopped = threading.Event(), threading.Event()
+        self.passes = 0  # prune passes made (tests watch it)
+        _JANITORS.add(self)
+        self.thread = threading.Thread(target=self.run, name="ganpaint-cache-janitor", daemon=True)
+        self.thread.start()
 
+    def stop(self):
+        self.stopped.set()
+        self.wake.set()
+        _JANITORS.discard(self)
+        self.thread.join()
 
-def start_cache_janitor(cache_dir, period: float = 2.0, keep: int = CACHE_KEEP,
-                        grace: float = CACHE_GRACE) -> threading.Event:
-    """Prune `cache_dir` every `period` seconds while requests come in (`touch`), and until the
-    entries spared for their youth are gone, each as soon as it may go; idle otherwise. Runs in a daemon thread; set the
-    returned event to stop it."""
-    stop = _Stop()
+    def prune(self) -> float | None:
+        """One pass; how long until the oldest entry spared may go (None: none spared). A
+        failing pass is logged, and the janitor carries on."""
+        self.passes += 1
+        try:
+            return _prune(self.cache_dir, self.keep, self.grace)[1]
+        except Exception:  # noqa: BLE001 (a janitor that dies would let the cache grow)
+            logging.getLogger("ganpaint").exception("cache janitor: pruning %s failed",
+                                                    self.cache_dir)
+            return None
 
-    def run():
-        while not stop.is_set():
-            ACTIVITY.wait()
-            ACTIVITY.clear()
-            pause = period
-            while not stop.wait(pause):
-                _, wait = _prune(cache_dir, keep, grace)
-                if wait is None and not ACTIVITY.is_set():
+    def run(self):
+        while not self.stopped.is_set():
+            self.wake.wait()
+            self.wake.clear()
+            pause = self.period
+            while not self.stopped.wait(pause):
+                wait = self.prune()
+                if wait is None and not self.wake.is_set():
                     break  # nothing left to wait for: sleep until the next request
-                ACTIVITY.clear()
+                self.wake.clear()
                 # again after `period`, or as soon as the oldest entry spared may go
-                pause = min(period, wait + 0.05) if wait is not None else period
-
-    threading.Thread(target=run, name="ganpaint-cache-janitor", daemon=True).start()
-    return stop
+                pause = min(self.period, wait + 0.05) if wait is not None else self.period
