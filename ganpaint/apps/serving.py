@@ -109,6 +109,7 @@ class Janitor:
         self.thread.start()
 
     def stop(self):
+        """Stop the thread (woken to see it) and wait for it to end."""
         self.stopped.set()
         self.wake.set()
         _JANITORS.discard(self)
@@ -126,6 +127,7 @@ class Janitor:
             return None
 
     def run(self):
+        """The janitor's thread: asleep until a request, then passes until nothing is left."""
         while not self.stopped.is_set():
             self.wake.wait()
             self.wake.clear()
