@@ -112,6 +112,9 @@ def test_importance_views(tmp_path):
         assert row["correlation_rest"] == pytest.approx(np.delete(corr, top4).mean(), abs=1e-3)
         for key in ("remove_best_half", "remove_worst_half"):
             assert set(row[key]) == {"balanced", "overall"}
+        assert row["mean_iou_others"] is None  # 8 units: none outside the top 20
+    import json
+    json.dumps(r, allow_nan=False)  # valid JSON: no NaN
     a = torch.randn(50, 3, generator=torch.Generator().manual_seed(0))
     b = (torch.rand(50, generator=torch.Generator().manual_seed(1)) < 0.3).float()
     a[:, 2] = 1.0  # a constant unit: no correlation, not NaN

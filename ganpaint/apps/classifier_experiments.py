@@ -280,7 +280,8 @@ def unit_importance(model, name, layer="conv5", samples=600, classes=None, batch
                "correlation": [round(float(v), 4) for v in corr]}
         if best_iou is not None:
             row["mean_iou_important"] = float(best_iou[top20].mean())
-            row["mean_iou_others"] = float(best_iou[rest].mean())
+            # None, not NaN (not valid JSON), for a layer of 20 units or fewer
+            row["mean_iou_others"] = float(best_iou[rest].mean()) if len(rest) else None
         out["classes"][CATEGORIES[k]] = row
     importance = np.mean(drops, 0)  # mean over classes of each unit's accuracy drop
     out["mean_importance"] = [round(float(v), 5) for v in importance]
