@@ -5,14 +5,15 @@ in-process, and report latencies.
     python bench/serve_bench.py --sessions 16 --json
 
 prints {"sessions", "requests", "errors", "mismatches", "p50", "p95", "max", "temp_files",
-"temp_files_peak", "temp_files_after_exit", "load_avg"}: seconds per request as a client sees
-it; `temp_files` is the number of files in the server's temp folders (its download PNGs and
-Gradio's cache) after the run, once the server's janitor has had its grace period (replies
-younger than CACHE_GRACE s are kept: they may still be fetched), `temp_files_peak` the number
-when the last reply came, `temp_files_after_exit` once it has stopped (SIGTERM); `load_avg` the 1-minute load average
-before and after; `server_cpu_s` / `client_cpu_s` the CPU seconds the server
-and this process (the N clients) used from the moment every client was connected to the last reply, `wall_s` the run's duration: on a small
-machine the clients share the server's cores.
+"temp_files_peak", "temp_files_after_exit", "load_avg", ...}: seconds per request as a client
+sees it. `temp_files` is the number of files in the server's temp folders (its download PNGs
+and Gradio's cache) after the run, once the server's janitor has had its grace period (replies
+younger than CACHE_GRACE s are kept: they may still be fetched); `temp_files_peak` the number
+when the last reply came; `temp_files_after_exit` once it has stopped (SIGTERM); `load_avg`
+the 1-minute load average before and after. `server_cpu_s` / `client_cpu_s` are the CPU
+seconds the server and this process (the N clients) used from the moment every client was
+connected to the last reply, `wall_s` that stretch's duration (on a small machine the clients
+share the server's cores), `max_by_call` the slowest of each session's requests, in order.
 """
 from __future__ import annotations
 
