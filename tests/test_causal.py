@@ -69,6 +69,44 @@ def test_local_ranking_finds_the_units_that_draw_where_they_are():
     assert bright_left(0, where) < bright_left(1, where) - 0.02
 
 
+def test_insertion_ranking_finds_the_units_that_draw_where_they_are_inserted():
+    """In the context world, unit 1 removes the most brightness, but inserted in one cell it
+    brightens the mirrored cell, away from the dab; unit 0 brightens the dab itself. Drawing
+    needs unit 0 first, and a decoy unit that draws nothing stays at the bottom."""
+    gen = Generator(context_generator(), z_dim=4)
+    kw = dict(samples=64, steps=150, batch_size=8, progress=False)
+    insert = causal.learn(gen, SoftSegmenter(), "layer1", "bright", insert=True, **kw)
+    removal = causal.learn(gen, SoftSegmenter(), "layer1", "bright", penalty=0.05, **kw)
+    assert [u["unit"] for u in insert["ranking"][:2]] == [0, 1]
+    assert removal["ranking"][0]["unit"] == 1
+    assert insert["kind"] == "insert" and not insert["local"]
+    assert insert["gain_end"] > insert["gain_start"] + 0.3  # the dabs draw more as α is learned
+    decoy = causal.learn(Generator(causal_generator(), z_dim=4), SoftSegmenter(), "layer1",
+                         "bright", insert=True, **kw)
+    assert {u["unit"] for u in decoy["ranking"][:2]} == {0, 1}
+    alpha = {u["unit"]: u["alpha"] for u in decoy["ranking"]}
+    assert alpha[2] < 0.01 and min(alpha[0], alpha[1]) > 10 * alpha[2]
+    with pytest.raises(ValueError, match="not both"):
+        causal.learn(gen, SoftSegmenter(), "layer1", "bright", insert=True, local=True, **kw)
+
+
+def test_insertion_sites_are_where_the_concept_would_go():
+    """Labels 0 sky, 1 wall, 2 door on a 4×4 map of 2×2 cells: the door sits in wall, so wall
+    cells weigh most, sky cells nothing, and the door's own cell nothing (it is drawn there)."""
+    labels = torch.zeros(1, 8, 8, dtype=torch.long)
+    labels[0, 4:] = 1           # wall on the lower half
+    labels[0, 6:8, 2] = 2       # a door in cell (3, 1)
+    w = causal.insertion_sites(labels, 2, 3, (4, 4))[0]
+    assert w[3, 1] == 0 and w[0, 0] == 0 and w[2, 0] > 0
+    expected = torch.ones(2, 4)
+    expected[1, 1] = 0
+    assert torch.allclose(w[2:], expected) and torch.all(w[:2] == 0)
+    whole = torch.full((1, 8, 8), 2)  # a concept that fills its cells has no context
+    whole[0, :4] = 0
+    assert torch.equal(causal.insertion_sites(whole, 2, 3, (4, 4))[0] > 0,
+                       torch.arange(4)[:, None].expand(4, 4) < 2)
+
+
 def test_unsplittable_generator_learns_through_hooks(gen):
     """Generators that are not a plain sequence get the edit through a hook, same result."""
     class Wrapped(torch.nn.Module):
@@ -112,6 +150,19 @@ def test_saved_rankings_are_merged_into_the_dissection(tmp_path, gen):
     assert loaded.best_ranking("bright", "layer1", local=True) == "local"
     assert loaded.best_ranking("bright", "layer1") == "causal"
     assert len(loaded.rank("bright", "local", "layer1", 3)) == 3
+    assert loaded.best_ranking("bright", "layer1", local=True, insert=True) == "local"  # fallback
+    with pytest.raises(ValueError, match="--insert"):
+        loaded.rank("bright", "insert", "layer1")
+    causal.learn_all(gen, SoftSegmenter(), loaded, ["bright"], samples=32, steps=20, batch_size=8,
+                     progress=False, log=lambda *a: None, insert=True)
+    loaded = Dissection.load(tmp_path)
+    assert loaded.best_ranking("bright", "layer1", local=True, insert=True) == "insert"
+    assert loaded.best_ranking("bright", "layer1", local=True) == "local"
+    from ganpaint.core.intervene import Painter
+    painter = Painter(gen, loaded, "layer1")
+    assert (painter.ranking("bright", "draw"), painter.ranking("bright", "remove")) == ("insert", "local")
+    draw = painter.stroke("bright", torch.ones(4, 4), "draw", 2)
+    assert draw.units == loaded.top_units("bright", 2, "insert", "layer1")
     (tmp_path / "causal.json").write_text("{broken")
     with pytest.raises(ValueError, match="causal.json"):
         Dissection.load(tmp_path)

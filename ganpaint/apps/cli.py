@@ -290,7 +290,8 @@ def _rank(p):
     return run
 
 
-@command("rank-causal", "learn causal unit rankings: the units whose removal takes a concept away most")
+@command("rank-causal", "learn causal unit rankings: the units whose removal takes a concept away "
+         "most (or, with --insert, whose insertion draws it)")
 def _rank_causal(p):
     _model_flags(p)
     p.add_argument("--concepts", nargs="+", required=True)
@@ -299,18 +300,24 @@ def _rank_causal(p):
     p.add_argument("--batch-size", type=count(1), default=16)
     p.add_argument("--penalty", type=at_least(0.0), default=0.01, help="L1 weight on the coefficients (sparsity)")
     p.add_argument("--local", action="store_true",
-                   help="learn the ranking painting uses: ablate and count only where the concept is")
+                   help="learn the ranking removal strokes use: ablate and count only where the concept is")
+    p.add_argument("--insert", action="store_true",
+                   help="learn the ranking draw strokes use: insert at one cell, count the concept "
+                        "gained around it")
     p.add_argument("--threads", type=count(1), default=None)
 
     def run(a):
         from ganpaint.core import causal
+        if a.local and a.insert:
+            raise SystemExit("error: --local and --insert learn different rankings: pick one")
         _threads(a)
         painter, seg = _painter(a)
         causal.learn_all(painter.generator, seg, painter.dissection, a.concepts,
                          painter.layer, samples=a.samples, steps=a.steps,
-                         batch_size=a.batch_size, penalty=a.penalty, local=a.local)
+                         batch_size=a.batch_size, penalty=a.penalty, local=a.local, insert=a.insert)
         from ganpaint.core.dissection import learned_path
-        print(f"wrote {learned_path(a.dissection, 'local' if a.local else 'causal')}")
+        kind = "local" if a.local else "insert" if a.insert else "causal"
+        print(f"wrote {learned_path(a.dissection, kind)}")
     return run
 
 

@@ -150,7 +150,7 @@ def insertion(painter: Painter, segmenter, concept="door", units=20, samples=500
     context = {k: {"n": len(v), "mean_added": float(np.mean(v))}
                for k, v in sorted(added.items(), key=lambda kv: -np.mean(kv[1]))}
     return {"concept": name, "layer": painter.layer, "units": units, "quantile": quantile,
-            "ranking": painter.ranking(name),
+            "ranking": painter.ranking(name, "draw"),
             "samples": samples, "cells_per_sample": cells_per_sample, "seed": seed,
             "pixels_per_cell": ch * cw, "context": context}
 
@@ -272,11 +272,12 @@ def painting(painter: Painter, segmenter, scenes=(50, 30, 30), seed=EXPERIMENT_S
     return {"layer": painter.layer, "seed": seed, "units": list(units),
             "door_dab": {"wall_success": rate(wall, min_gain[0]), "sky_success": rate(sky, min_gain[0]),
                          "wall_gain": wall, "sky_gain": sky, "min_gain": min_gain[0],
-                         "ranking": painter.ranking("door")},
+                         "ranking": painter.ranking("door", "draw")},
             "tree_stroke": {"left_median": float(np.median(left)) if left else None,
                             "background_share": bg / moved if moved else None, "left": left,
                             "ranking": painter.ranking("tree")},
             "tree_draw_success": rate(drawn, min_gain[1]), "tree_draw_gain": drawn,
+            "tree_draw_ranking": painter.ranking("tree", "draw"),
             "tree_draw_min_gain": min_gain[1], "scenes": seeds}
 
 

@@ -413,20 +413,20 @@ class PaintApp:
         stroke = {"concept": concept, "action": "remove" if action.startswith("remove") else "draw",
                   "units": int(units), "boost": float(boost), "mask": mask}
         self.painter.stroke(concept, mask, stroke["action"], stroke["units"])  # validates
-        stroke["rows"] = self.switched(concept, stroke["units"])
+        stroke["rows"] = self.switched(concept, stroke["units"], stroke["action"])
         session = replace(session, strokes=session.strokes + [stroke])
         return self.outputs(session, f"{stroke['action']} {concept} with {units} units "
                                      f"({len(session.strokes)} strokes): {self.unit_list(stroke)}")
 
-    def switched(self, concept: str, n: int) -> list[dict]:
+    def switched(self, concept: str, n: int, action: str = "remove") -> list[dict]:
         """[{rank, unit, iou, level, alpha?}]: the units a stroke of `concept` switches, in the
-        painter's ranking (the local causal one when learned)."""
-        return self.dissection.rank(concept, self.painter.ranking(concept), self.painter.layer,
-                                    int(n))
+        painter's ranking for the action (see Painter.ranking)."""
+        return self.dissection.rank(concept, self.painter.ranking(concept, action),
+                                    self.painter.layer, int(n))
 
     def unit_list(self, stroke: dict) -> str:
         """'units 12 (#1, α 0.31), ...' for the status line."""
-        by = self.painter.ranking(stroke["concept"])
+        by = self.painter.ranking(stroke["concept"], stroke["action"])
         what = lambda r: (f"α {r['alpha']:.2f}" if "alpha" in r else f"IoU {r['iou']:.3f}")  # noqa: E731
         return (f"units ({by} ranking) " +
                 ", ".join(f"{r['unit']} (#{r['rank']}, {what(r)})" for r in stroke["rows"]))
@@ -518,7 +518,7 @@ class PaintApp:
             concept = last["concept"]
             items, table, units = self.gallery(last["rows"], concept)
             head = (f"**Your last stroke** ({last['action']} {concept}) switched these "
-                    f"{len(units)} units, in the {self.painter.ranking(concept)} ranking. "
+                    f"{len(units)} units, in the {self.painter.ranking(concept, last['action'])} ranking. "
                     "Click a unit for its best concepts; choose a concept for its top units.")
             return concept, head, items, table, units
         return (concept, *self.concept_units(concept, top))

@@ -19,9 +19,10 @@ from ganpaint.core.checkpoint import atomic_write
 from ganpaint.core.names import lookup, unknown
 from ganpaint.core.stats import LEVEL_FROM
 
-RANKINGS = ("iou", "causal", "local")  # by IoU, or by learned causal effect, everywhere or
-# where the concept is (see causal.py)
-LEARNED = {"causal": "causal", "local": "causal_local"}  # ranking → its key in a dissected layer
+RANKINGS = ("iou", "causal", "local", "insert")  # by IoU, or by learned causal effect: removal
+# everywhere or where the concept is, or insertion in one cell (see causal.py)
+LEARNED = {"causal": "causal", "local": "causal_local", "insert": "causal_insert"}  # ranking →
+# its key in a dissected layer
 
 
 class Dissection(Mapping):
@@ -130,8 +131,8 @@ class Dissection(Mapping):
              top: int = 20) -> list[dict]:
         """[{rank, unit, iou, level, alpha?}] of the `top` units of `layer` for `concept`.
 
-        by="iou": IoU with the concept; "causal" / "local": a learned causal ranking
-        (`ganpaint rank-causal`, with `--local` for the second)."""
+        by="iou": IoU with the concept; "causal" / "local" / "insert": a learned causal ranking
+        (`ganpaint rank-causal`, with `--local` or `--insert` for the last two)."""
         layer = self.layer(layer)
         name = self.concept(concept)
         lay = self.summary["layers"][layer]
@@ -145,7 +146,7 @@ class Dissection(Mapping):
             if name not in learned:
                 raise ValueError(f"no {by} ranking for {name!r} in layer {layer} (have: "
                                  f"{', '.join(sorted(learned)) or 'none'}); run `ganpaint "
-                                 f"rank-causal --concepts {name}{' --local' if by == 'local' else ''}`")
+                                 f"rank-causal --concepts {name}{'' if by == 'causal' else ' --' + by}`")
             rows = learned[name]["ranking"][:top]
         else:
             raise unknown("ranking", by, RANKINGS)
@@ -160,13 +161,15 @@ class Dissection(Mapping):
         """The ids of the `n` best units for `concept` (see `rank`)."""
         return [r["unit"] for r in self.rank(concept, by, layer, n)]
 
-    def best_ranking(self, concept: str, layer: str | None = None, local: bool = False) -> str:
-        """The learned ranking for how the units will be used when there is one — "local" for
-        edits inside a region (painting), "causal" for edits everywhere, either as a fallback
-        — else "iou"."""
+    def best_ranking(self, concept: str, layer: str | None = None, local: bool = False,
+                     insert: bool = False) -> str:
+        """The learned ranking for how the units will be used when there is one — "insert"
+        for drawing, "local" for edits inside a region (painting), "causal" for edits
+        everywhere, the others as fallbacks — else "iou"."""
         lay = self.summary["layers"][self.layer(layer)]
         name = self.concept(concept)
-        for by in (("local", "causal") if local else ("causal", "local")):
+        order = ("local", "causal") if local else ("causal", "local")
+        for by in (("insert",) + order if insert else order):
             if name in lay.get(LEARNED[by], {}):
                 return by
         return "iou"
@@ -229,7 +232,7 @@ class Dissection(Mapping):
     def add_learned(self, result: dict) -> Path | None:
         """Merge one learned ranking (`causal.learn`'s result) in, and save it beside
         dissection.json when the dissection lives in a folder; returns that file."""
-        kind = "local" if result.get("local") else "causal"
+        kind = result.get("kind") or ("local" if result.get("local") else "causal")
         lay = self.summary["layers"][self.layer(result["layer"])]
         lay.setdefault(LEARNED[kind], {})[result["concept"]] = result
         if self.path is None:

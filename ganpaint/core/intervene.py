@@ -73,10 +73,10 @@ class Painter:
         self._cache: OrderedDict = OrderedDict()
         self.cache_size = cache_size
 
-    def ranking(self, concept: str) -> str:
-        """Which ranking strokes use: a stroke edits a region, so the local causal ranking
-        first, then the global one, then IoU."""
-        return self.dissection.best_ranking(concept, self.layer, local=True)
+    def ranking(self, concept: str, action: str = "remove") -> str:
+        """Which ranking strokes use: a "draw" stroke the insertion ranking first; any stroke
+        edits a region, so then the local causal ranking, the global one, and IoU."""
+        return self.dissection.best_ranking(concept, self.layer, local=True, insert=action == "draw")
 
     def level(self, units, quantile: float = 0.01) -> torch.Tensor:
         """The units' levels at top quantile `quantile`: what an insertion sets them to."""
@@ -88,7 +88,7 @@ class Painter:
         (by the learned local causal ranking when there is one: see `ranking`)."""
         if action not in ("draw", "remove"):
             raise ValueError(f"action must be 'draw' or 'remove', not {action!r}")
-        chosen = self.dissection.top_units(concept, int(units), self.ranking(concept), self.layer)
+        chosen = self.dissection.top_units(concept, int(units), self.ranking(concept, action), self.layer)
         value = None if action == "remove" else self.level(chosen, quantile) * float(strength)
         return Stroke(chosen, torch.as_tensor(mask, dtype=torch.float32), value)
 
