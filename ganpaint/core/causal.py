@@ -126,7 +126,7 @@ def insertion_sites(labels, c, n_concepts, grid) -> torch.Tensor:
     """(N, h, w) weights of the cells where a person would draw concept c: cells without it,
     weighted by how much they hold what surrounds c where it is (a door's cell is mostly wall,
     so wall cells weigh most for doors; sky and grass cells for trees). A concept that fills
-every cell it is in has no known context: then every cell without it weighs the same."""
+    every cell it is in has no known context: then every cell without it weighs the same."""
     shares = F.adaptive_avg_pool2d(F.one_hot(labels.long(), n_concepts).permute(0, 3, 1, 2).float(), grid)
     has = shares[:, c] > 0
     context = (shares * has[:, None]).sum((0, 2, 3))
