@@ -1,6 +1,7 @@
 """Issue 20: the published definitions (levels from raw activations, ignore labels) and
 StyleGAN2 generators wired through the CLI, in-process."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -67,11 +68,14 @@ def test_ignore_label_for_classifiers(tmp_path):
     assert all(u["label"] != "sky" for u in d["layers"]["conv3"]["unit_stats"])
 
 
-def test_old_dissections_load_as_upsampled(capsys):
-    """The shipped dissection predates the choice: its levels are the upsampled maps'."""
-    d = Dissection.load("models/dissection")
+def test_old_dissections_load_as_upsampled(capsys, tmp_path):
+    """Dissections written before the choice (no level_from) had the upsampled maps' levels."""
+    doc = json.loads(Path("models/dissection/dissection.json").read_text())
+    doc.pop("level_from", None)
+    (tmp_path / "dissection.json").write_text(json.dumps(doc))
+    d = Dissection.load(tmp_path)
     assert d["level_from"] == "upsampled"
-    assert main(["rank", "--dissection", "models/dissection", "--list"]) == 0
+    assert main(["rank", "--dissection", str(tmp_path), "--list"]) == 0
     out = capsys.readouterr().out
     assert "levels from the upsampled activations" in out
 
