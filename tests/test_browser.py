@@ -111,6 +111,8 @@ class Page:
         self.pg.wait_for_timeout(300)
 
     def load(self, seed):
+        if self.pg.locator("#seed input").input_value() == str(seed):
+            self.load(seed + 1)  # loading the scene already shown changes nothing to wait for
         self.pg.locator("#seed input").fill(str(seed))
         self.wait_change(lambda: self.pg.locator("#load").click())
         self.pg.wait_for_timeout(1500)  # the canvas redraws its background
@@ -313,10 +315,6 @@ def test_removing_a_tree_in_the_browser(server, model):
     assert after < 0.5 * before, f"tree pixels in the stroke: {before} → {after}"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the shipped world-v2 GAN (8,000 CPU steps) rarely draws a whole door from a one-cell dab: "
-    "at a wall's foot it gains ≥ 24 door px in few of 50 scenes (door_dab in "
-    "models/dissection/eval_gan.json); issue 17's training must make this pass"))
 def test_drawing_a_door_in_the_browser(server, model):
     """A 'draw door' dab at medium strength at the foot of a wall adds door pixels around it."""
     cells, before, after = _segmenter_sees(server, model, "building", "door", "draw",
