@@ -312,8 +312,37 @@ def test_encoder_training_loss_falls_and_export_loads(tmp_path):
     assert z.shape == (1, 16) and f.shape == (1, 8, 8, 8)
     assert torch.equal(z, enc(x)[0])
     assert isinstance(checkpoint.load(tmp_path / "enc.pt"), dict)  # weights only
+    retrained = tiny()  # same name and shapes, other weights: the encoder no longer fits
+    with torch.no_grad():
+        next(retrained.model.parameters()).add_(0.1)
+    with pytest.raises(ValueError, match="other weights"):
+        load_encoder(tmp_path / "enc.pt", generator=retrained)
     inv = invert(tiny(), x, encoder=back, adapt_steps=5, **FAST)
-    assert "psnr_encoder" in inv.stats and "psnr_start" not in inv.stats
+    assert "psnr_encoder" in inv.stats and "psnr_start" in inv.stats
+
+
+def test_adapt_from_tunes_only_that_layer_and_after():
+    g = exact_generator(conv3=True)
+    target = scene()
+    inv = invert(g, target, adapt_steps=30, adapt_from="layer4", **FAST)
+    assert inv.adapted and all(k.startswith("layer4.") for k in inv.adapted)
+    assert inv.psnr > inv.stats["psnr_optimised"]  # the tuned tail still fits the image better
+    with pytest.raises(InversionError, match="layer2.*layer3.*layer4"):
+        invert(g, target, adapt_steps=1, adapt_from="layer1", **FAST)
+
+
+def test_encoder_features_choose_the_start():
+    """An encoder's predicted painting-layer features pick the latent whose features match,
+    over the one whose image alone fits best, as strongly as `match_weight` says."""
+    g = exact_generator()
+    zs = g.latents(range(4), seed=0)
+    with torch.no_grad():
+        target = g(zs[1:2])
+        _, out = g.run(zs[2:3], ["layer1"])
+    oracle = lambda x: (torch.zeros(1, 8), out["layer1"])  # features of latent 2, no latent
+    picked = {w: invert(g, target, encoder=oracle, starts=4, z_steps=0, feature_steps=0,
+                        adapt_steps=0, match_weight=w).z for w in (0.0, 1e6)}
+    assert torch.equal(picked[0.0], zs[1:2]) and torch.equal(picked[1e6], zs[2:3])
 
 
 def test_encoder_training_resumes_as_if_never_interrupted(tmp_path):

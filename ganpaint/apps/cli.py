@@ -836,11 +836,14 @@ def _invert_args(p):
                    help="painting-layer feature optimisation steps (default 100)")
     p.add_argument("--adapt-steps", type=count(0), default=None,
                    help="image-specific adaptation steps of the later layers (default 150)")
+    p.add_argument("--adapt-from", default=None,
+                   help="the first layer adaptation tunes (default: the one after the painting "
+                        "layer); a later one keeps more of the layout to the units")
     p.add_argument("--threads", type=count(1), default=None, help="CPU threads (default: torch's)")
 
 
 def _invert_options(a) -> dict:
-    names = ("starts", "z_steps", "feature_steps", "adapt_steps")
+    names = ("starts", "z_steps", "feature_steps", "adapt_steps", "adapt_from")
     return {n: getattr(a, n) for n in names if getattr(a, n) is not None}
 
 

@@ -9,6 +9,7 @@ data only (`checkpoint.load`, weights_only) and small (about 5 MB for the scene 
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from pathlib import Path
 
@@ -77,6 +78,16 @@ def build_encoder(generator, layer=None, width=32, features=True) -> Encoder:
     return Encoder(generator.z_dim, img.shape[-1], shape, width).to(generator.device)
 
 
+def weights_fingerprint(generator) -> str:
+    """A short hash of the generator's weights: an encoder trained for other weights (the model
+    retrained since, under the same name) predicts the wrong latents and features."""
+    h = hashlib.sha256()
+    for k, v in sorted(generator.model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def losses(encoder, images, z, features=None, feature_weight=1.0):
     """(total, z loss, feature loss): MSE on z, plus the painting layer's features' MSE divided
     by their mean square (so the weight means the same for any layer)."""
@@ -125,6 +136,7 @@ def train_encoder(generator, out_dir="runs/encoder", export_to=DEFAULT_WEIGHTS, 
         checkpoint.save({"encoder": enc.state_dict(), "opt": opt.state_dict(), "step": step,
                          "config": enc.config, "losses": history}, state_path)
 
+    fingerprint = weights_fingerprint(generator)
     bar = tqdm(total=steps, initial=step, desc="train encoder", unit="step", disable=not progress)
     enc.train()
     while step < steps:
@@ -143,7 +155,8 @@ def train_encoder(generator, out_dir="runs/encoder", export_to=DEFAULT_WEIGHTS, 
         if step % save_every == 0 or step == steps:
             save()
         if export_to and (step % export_every == 0 or step == steps):
-            export(enc, export_to, {"steps": step, "generator": generator.name, "layer": layer})
+            export(enc, export_to, {"steps": step, "generator": generator.name, "layer": layer,
+                                    "generator_weights": fingerprint})
     bar.close()
     return enc.eval(), history
 
@@ -172,6 +185,9 @@ def load_encoder(path=DEFAULT_WEIGHTS, device="cpu", generator=None) -> Encoder:
                          f"z_dim {generator.z_dim}")
     if generator is not None and state.get("generator") not in (None, generator.name):
         raise ValueError(f"{path}: trained for model {state['generator']!r}, not {generator.name!r}")
+    if generator is not None and state.get("generator_weights") not in (None, weights_fingerprint(generator)):
+        raise ValueError(f"{path}: trained for other weights of {generator.name!r} (the model has "
+                         f"changed since): retrain it with `ganpaint train-encoder`")
     return enc.to(device).eval()
 
 
