@@ -835,7 +835,7 @@ def _invert_args(p):
     p.add_argument("--feature-steps", type=count(0), default=None,
                    help="painting-layer feature optimisation steps (default 100)")
     p.add_argument("--adapt-steps", type=count(0), default=None,
-                   help="image-specific adaptation steps of the later layers (default 150)")
+                   help="image-specific adaptation steps of the later layers (default 250)")
     p.add_argument("--adapt-from", default=None,
                    help="the first layer adaptation tunes (default: the one after the painting "
                         "layer); a later one keeps more of the layout to the units")

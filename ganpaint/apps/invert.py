@@ -572,9 +572,9 @@ def invert(generator, image, encoder=None, perceptual=None, layer: str | None = 
     relative distance to a latent's features counts, in choosing the start and in optimising z.
     feature_penalty: how strongly the optimised features are held to those of the optimised z
     (relative MSE). Freer features reconstruct better but draw the image with units other than
-    the concept's, so edits weaken: on the scene GAN without an encoder (8 tree renders, 20
-    units removed), penalty 1.0 gave 27.8 dB and left 64 % of the tree; 3.0 with 250 adaptation
-    steps gives 28.5 dB and leaves 49 %.
+    the concept's, so edits weaken: on the scene GAN without an encoder (first 8 tree renders,
+    20 units removed), penalty 1.0 gave 27.8 dB and left 64 % of the tree, 3.0 with 250
+    adaptation steps 28.5 dB and 49 %; over 50 renders (31 with trees) the latter leaves 70 %.
     adapt_from: the first layer adapted (default: the one after the painting layer); the layers
     between stay the model's, so more of the layout stays the units' (edits hold better) and
     adaptation is faster, at some PSNR. On the scene GAN (12 tree renders) "layer6" left 71 % of
