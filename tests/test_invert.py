@@ -16,7 +16,7 @@ from ganpaint.apps.encoder import Encoder, export, load_encoder, train_encoder
 from ganpaint.adapters.generator import Generator
 from ganpaint.core.intervene import Stroke
 from ganpaint.apps.invert import (ImageError, Inversion, InversionError, composite, composite_region,
-                             evaluate, invert,
+                             evaluate, features_of, invert,
                              load_image, psnr, receptive_growth, stroke_cells)
 from ganpaint.world.scenes import render, to_tensor_images
 from tests.toy import tiny_generator
@@ -199,6 +199,24 @@ def test_an_edit_on_an_inversion_changes_only_its_region():
     assert (out[..., :4, 12:] - target[..., :4, 12:]).abs().max() > 0.1
     assert torch.equal(inv.edit(g, []), target)
     assert torch.equal(inv.edit(g, [Stroke([], mask)]), target)
+
+
+def test_stroked_cells_restart_from_the_latents_features():
+    """A stroke switches units on the latent's own features in its cells (the optimised offset
+    there would redraw what it removes); elsewhere the optimised features stay."""
+    g = exact_generator(conv3=True)
+    inv = invert(g, scene(), z_steps=5, feature_steps=50, adapt_steps=0, feature_lr=0.05)
+    f, fz = inv.base_features(g), features_of(g, inv.layer, inv.z)
+    assert (f - fz).abs().max() > 1e-3  # the optimisation moved the features
+    cells = torch.zeros(4, 4)
+    cells[1:3, 2] = 1
+    out = inv.stroked_features(g, [Stroke([0, 5], cells)])
+    inside = cells.bool()
+    assert torch.equal(out[:, [0, 5]][..., inside], torch.zeros_like(out[:, [0, 5]][..., inside]))
+    assert torch.allclose(out[:, 1:5][..., inside], fz[:, 1:5][..., inside])
+    assert torch.equal(out[..., ~inside], f[..., ~inside])
+    assert torch.equal(inv.stroked_features(g, []), f)
+    assert torch.equal(inv.stroked_features(g, [Stroke([], cells)]), f)
 
 
 def test_edit_full_resolution_download(tmp_path):
