@@ -25,6 +25,33 @@ def test_ablation_curve_shape_and_reproducible(painter, tmp_path):
     assert pic.shape[0] == 2 * 2 * 16 and local["strip_k"] == 8
     assert not np.array_equal(pic[:32], pic[32:])
 
+class SparseRed(ToySegmenter):
+    """'red' only in scenes with at least 150 red pixels (about half of the toy's)."""
+
+    def segment(self, images, size=None):
+        lab = super().segment(images, size)
+        few = (lab == 3).flatten(1).sum(1) < 150
+        lab[few[:, None, None] & (lab == 3)] = 1
+        return lab
+
+
+def test_ablation_strip_shows_the_concept_first(painter, tmp_path):
+    seg = SparseRed()
+    experiments.ablation(painter, seg, "red", [0, 8], samples=10, batch_size=10, local=True,
+                         progress=False, strip=tmp_path / "s.png")
+    from PIL import Image
+
+    from ganpaint.world.scenes import to_uint8_images
+    pic = np.asarray(Image.open(tmp_path / "s.png"))[:32:2, ::2]  # the top row, at 1×
+    base = painter.render(painter.generator.latents(range(10), experiments.EXPERIMENT_SEED))
+    scenes = to_uint8_images(base)
+    shown = [next(j for j in range(10) if np.array_equal(pic[:, 16 * i:16 * i + 16], scenes[j]))
+             for i in range(6)]
+    has = (seg.segment(base) == 3).flatten(1).any(1).tolist()
+    assert 0 < sum(has) < 6  # so the six shown mix scenes with and without it
+    assert shown == sorted(range(10), key=lambda j: not has[j])[:6]
+
+
 def test_insertion_groups_by_context(painter):
     seg = ToySegmenter()
     r = experiments.insertion(painter, seg, "bright", units=3, samples=20, batch_size=10,

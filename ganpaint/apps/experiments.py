@@ -49,7 +49,8 @@ def ablation(painter: Painter, segmenter, concept: str, ks=(0, 1, 2, 4, 8, 12, 1
              strip: Path | None = None, by: str | None = None, random_draws: int = 5) -> dict:
     """`by`: "iou", "causal" or "local" (learned rankings); default: the learned one that fits
     (`local` edits prefer the local ranking), else IoU.
-    `strip`: a PNG path for six scenes before (top) and after (bottom) ablating k = 20 units.
+    `strip`: a PNG path for six scenes of the first batch before (top) and after (bottom)
+    ablating k = 20 units; scenes that show the concept (≥ 1 % of their pixels) come first.
     `random_removed` is the mean over `random_draws` random unit sets; each draw is kept too."""
     g = painter.generator
     c = lookup(concept, segmenter.concepts)
@@ -89,7 +90,10 @@ def ablation(painter: Painter, segmenter, concept: str, ks=(0, 1, 2, 4, 8, 12, 1
                 edited = painter.render(z, [Stroke(units, cells)])
                 acc[k] += int(((segmenter.segment(edited) == c) & region).sum())
                 if strip is not None and acc is after and k == _strip_k(ks) and not shots:
-                    shots.append((base[:6], edited[:6]))
+                    # scenes that show the concept (≥ 1 % of their pixels) first
+                    has = ((lab == c) & region).flatten(1).float().mean(1) >= 0.01
+                    pick = (torch.nonzero(has)[:, 0].tolist() + torch.nonzero(~has)[:, 0].tolist())[:6]
+                    shots.append((base[pick], edited[pick]))
     pixels = samples * int(np.prod(lab.shape[-2:]))
     result = {"concept": name, "layer": painter.layer, "samples": samples, "seed": seed,
               "local": bool(local), "ranking": by, "k": ks, "pixels_before": before,
