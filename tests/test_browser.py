@@ -451,14 +451,16 @@ def test_upload_your_image_remove_a_tree_and_download(server, model, tmp_path):
     fewer tree pixels under the stroke, and the picture's own pixels away from the edit."""
     from ganpaint.world.scenes import HELDOUT_SEED, INDEX, render
     painter, seg = model
+    wide = lambda a: np.concatenate([a, a[:, :48]], 1)  # noqa: E731  240×192, not square
     for seed in range(HELDOUT_SEED, HELDOUT_SEED + 200):  # the first render with a tree
         img, lab = render(seed, 192)
+        # the app crops the centre square, x 24..216: its cells are what the stroke paints
         share = torch.nn.functional.avg_pool2d(
-            torch.from_numpy(lab == INDEX["tree"]).float()[None, None], 24)[0, 0]
+            torch.from_numpy(wide(lab)[:, 24:216] == INDEX["tree"]).float()[None, None], 24)[0, 0]
         if (share > 0.5).sum() >= 3:
             break
     cells = component(share.numpy() > 0.3)
-    photo = np.concatenate([img, img[:, :48]], 1)  # 240×192: the app crops the centre square
+    photo = wide(img)
     path = tmp_path / "my_garden.png"
     Image.fromarray(photo).save(path)
     pw, b = browser()
@@ -476,10 +478,11 @@ def test_upload_your_image_remove_a_tree_and_download(server, model, tmp_path):
         before = page.image()
         assert before.shape == photo.shape and np.array_equal(before, photo)
         page.choose("tree", "remove", "high (20 units)")
-        # the upload's crop is x 24..216: its cells are the render's
         page.paint(cells)
-        page.pg.screenshot(path=str(ARTIFACTS / "upload_remove_tree.png"))
+        page.pg.wait_for_timeout(1500)  # the canvas redraws its background
+        page.pg.screenshot(path=str(ARTIFACTS / "upload_remove_tree.png"), full_page=True)
         after = page.image()
+        Image.fromarray(np.concatenate([photo, after], 1)).save(ARTIFACTS / "upload_remove_tree_download.png")
     finally:
         b.close()
         pw.stop()
@@ -490,7 +493,10 @@ def test_upload_your_image_remove_a_tree_and_download(server, model, tmp_path):
     t_before = concept_pixels(seg, np.ascontiguousarray(crop(photo)), "tree", region(cells))
     t_after = concept_pixels(seg, np.ascontiguousarray(crop(after)), "tree", region(cells))
     print(f"tree pixels under the stroke {t_before} → {t_after}")
-    assert t_after < t_before
+    # fewer, not few: this first tree scene is a hard case (its tree is cut by the crop's edge,
+    # and the latent the inversion finds draws one there that 20 units do not remove: 81 % is
+    # left); the share left over 31 held-out scenes is `ganpaint invert --eval`'s figure
+    assert t_after < t_before, (t_before, t_after)
     far = ~torch.nn.functional.max_pool2d(torch.as_tensor(inside, dtype=torch.float32)[None, None],
                                           121, 1, 60)[0, 0].bool().numpy()
     assert np.array_equal(crop(after)[far], crop(photo)[far])  # the picture's own pixels
