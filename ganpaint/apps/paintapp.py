@@ -628,7 +628,7 @@ def build_demo(app: PaintApp, curves_dir: Path | None = None):
                             load_btn = gr.Button("load seed", elem_id="load")
                             rand_btn = gr.Button("new scene", elem_id="random")
                         upload_btn = PhotoUpload(
-                            "upload your image (any size: centre-cropped; 15–25 s to invert)",
+                            "upload your image (any size: centre-cropped; 10–25 s to invert)",
                             file_types=["image"], file_count="single", type="filepath",
                             elem_id="upload")
                         status = gr.Textbox(label="status", interactive=False, elem_id="status", lines=3)
