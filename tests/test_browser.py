@@ -452,11 +452,11 @@ def test_upload_your_image_remove_a_tree_and_download(server, model, tmp_path):
     from ganpaint.world.scenes import HELDOUT_SEED, INDEX, render
     painter, seg = model
     wide = lambda a: np.concatenate([a, a[:, :48]], 1)  # noqa: E731  240×192, not square
+    crop = lambda a: a[:, 24:216]  # noqa: E731  the centre square the app takes: what is painted
     for seed in range(HELDOUT_SEED, HELDOUT_SEED + 200):  # the first render with a tree
         img, lab = render(seed, 192)
-        # the app crops the centre square, x 24..216: its cells are what the stroke paints
         share = torch.nn.functional.avg_pool2d(
-            torch.from_numpy(wide(lab)[:, 24:216] == INDEX["tree"]).float()[None, None], 24)[0, 0]
+            torch.from_numpy(crop(wide(lab)) == INDEX["tree"]).float()[None, None], 24)[0, 0]
         if (share > 0.5).sum() >= 3:
             break
     cells = component(share.numpy() > 0.3)
@@ -487,7 +487,6 @@ def test_upload_your_image_remove_a_tree_and_download(server, model, tmp_path):
         b.close()
         pw.stop()
     assert after.shape == photo.shape
-    crop = lambda a: a[:, 24:216]  # noqa: E731
     inside = torch.nn.functional.interpolate(torch.as_tensor(cells, dtype=torch.float32)[None, None],
                                              size=(192, 192))[0, 0].bool().numpy()
     t_before = concept_pixels(seg, np.ascontiguousarray(crop(photo)), "tree", region(cells))
