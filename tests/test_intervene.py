@@ -80,3 +80,33 @@ def test_bad_inputs(painter):
         painter.render(z(painter), [Stroke([0], torch.ones(3, 8, 8))])
     with pytest.raises(ValueError, match="action"):
         painter.stroke("red", torch.ones(8, 8), action="smudge")
+
+
+def test_remove_stroke_switches_off_the_units_active_under_it(painter):
+    """Given the features it edits, a remove stroke of a learned ranking picks the units with
+    the largest √α × activation in its cells: zeroing a unit that is already off there would
+    change nothing, whatever its rank."""
+    import copy
+
+    from ganpaint.core.dissection import Dissection
+    from ganpaint.core.intervene import Painter
+    summary = copy.deepcopy(painter.dissection.summary)
+    concept = summary["concepts"][0]
+    summary["layers"]["layer4"]["causal_local"] = {concept: {"local": True, "ranking": [
+        {"unit": 0, "alpha": 0.9}, {"unit": 1, "alpha": 0.8}, {"unit": 2, "alpha": 0.1}]}}
+    p = Painter(painter.generator, Dissection(summary), "layer4")
+    assert p.ranking(concept, "remove") == "local"
+    mask = torch.zeros(8, 8)
+    mask[2:5, 2:5] = 1
+    x = torch.ones(1, 8, 8, 8)
+    x[0, 0, 2:5, 2:5] = 0  # the top-ranked unit is off under the stroke
+    x[0, 1], x[0, 2] = 3.0, 5.0  # √α × activation: unit 1 2.7, unit 2 1.6
+    fixed = p.stroke(concept, mask, "remove", 1)
+    here = p.stroke(concept, mask, "remove", 1, features=x)
+    assert fixed.units == [0] and here.units == [1]
+    assert p.stroke(concept, mask, "remove", 2, features=x).units == [1, 2]
+    assert torch.equal(apply_strokes(x, [fixed]), x)  # the fixed choice changes nothing here
+    assert not torch.equal(apply_strokes(x, [here]), x)
+    # drawing, and rankings without α, keep the ranking's order
+    assert p.stroke(concept, mask, "draw", 1, features=x).units == p.dissection.top_units(
+        concept, 1, p.ranking(concept, "draw"), "layer4")

@@ -1087,7 +1087,7 @@ def _paint(p):
             inv = invert(g, prep, encoder=_encoder(a, g, dev), perceptual=seg, progress=True,
                          **_invert_options(a))
             print(f"reconstruction PSNR {inv.psnr:.2f} dB")
-        stroke = painter.stroke(a.concept, mask, a.action, a.units, a.strength)
+        stroke = inv.stroke(painter, a.concept, mask, a.action, a.units, a.strength)
         with torch.no_grad():
             edited = inv.edit_full(g, [stroke])
         output_dir(out.parent)

@@ -220,8 +220,8 @@ def painting(painter: Painter, segmenter, scenes=(50, 30, 30), seed=EXPERIMENT_S
     seeds = {"wall": [], "sky": [], "tree": [], "grass": []}
     bar = tqdm(total=sum(scenes) + n_dab, disable=not progress, desc="painting", unit="scene")
 
-    def edit(z, concept, cells, action, k):
-        out = painter.render(z, [painter.stroke(concept, cells, action, k)])
+    def edit(z, concept, cells, action, k):  # as the app paints: units chosen for this scene
+        out = painter.render(z, [painter.stroke(concept, cells, action, k, features=painter.features(z))])
         return segmenter.segment(out)[0]
 
     def around(cell, grid, size):  # the cell and its 8 neighbours, in pixels

@@ -339,9 +339,7 @@ class Inversion:
     def base_features(self, generator) -> torch.Tensor:
         """The painting layer's features of the inverted latent (with the learned
         offset): what strokes edit."""
-        if self.features is not None:
-            return self.features
-        return features_of(generator, self.layer, self.z.to(generator.device))
+        return self.features if self.features is not None else self.latent_features(generator)
 
     def stroked_features(self, generator, strokes=()) -> torch.Tensor:
         """The painting layer's features with `strokes` applied. In the cells a stroke touches,
@@ -355,8 +353,18 @@ class Inversion:
         if self.features is not None and strokes:
             cells = stroke_cells(strokes, f.shape[-2:]).to(f.device, f.dtype)
             if cells.any():
-                f = torch.lerp(f, features_of(generator, self.layer, self.z.to(f.device)), cells)
+                f = torch.lerp(f, self.latent_features(generator).to(f.device), cells)
         return apply_strokes(f, strokes)
+
+    def latent_features(self, generator) -> torch.Tensor:
+        """The painting layer's features of the latent alone: what a stroke's cells restart
+        from, so what a stroke's units are chosen on (see `stroke`)."""
+        return features_of(generator, self.layer, self.z.to(generator.device))
+
+    def stroke(self, painter, concept, mask, action="draw", units=10, strength=1.0):
+        """`painter.stroke` for this image: units chosen on the features the stroke edits."""
+        return painter.stroke(concept, mask, action, units, strength,
+                              features=self.latent_features(painter.generator))
 
     @torch.no_grad()
     def render(self, generator, strokes=()) -> torch.Tensor:
@@ -388,8 +396,7 @@ class Inversion:
 
     def paint(self, painter, concept, mask, action="draw", units=10, strength=1.0):
         """One `Painter` stroke on this image, composited: the same call as `Painter.paint`."""
-        stroke = painter.stroke(concept, mask, action, units, strength)
-        return self.edit(painter.generator, [stroke])
+        return self.edit(painter.generator, [self.stroke(painter, concept, mask, action, units, strength)])
 
     # A state a later command can reuse (data only: loadable with weights_only=True).
     def state_dict(self) -> dict:
@@ -752,7 +759,7 @@ def evaluate(generator, segmenter=None, painter=None, encoder=None, samples: int
         where = torch.from_numpy(labels == INDEX[concept])
         if painter is None or segmenter is None or int(where.sum()) < min_pixels:
             continue
-        stroke = painter.stroke(concept, where.float(), "remove", units)
+        stroke = inv.stroke(painter, concept, where.float(), "remove", units)
         out = inv.edit(generator, [stroke])
         k = segmenter.concepts.index(concept)
         before = int((segmenter.segment(target) == k).sum())

@@ -146,7 +146,7 @@ class Session:
     """One person's painting state (kept per browser tab by Gradio): the scene's seed, the
     strokes applied in order, and the view's toggles."""
     seed: int = 0
-    strokes: list = field(default_factory=list)  # dicts: concept, action, units, boost, mask
+    strokes: list = field(default_factory=list)  # dicts: concept, action, units, boost, mask, stroke
     grid: bool = False  # feature grid drawn over the brush canvas
     compare: bool = False  # before/after view shown
     labels: bool = False  # ... with the segmentation of both
@@ -205,12 +205,19 @@ class PaintApp:
         return self.painter.generator.latents([int(seed)], seed=0)
 
     def strokes(self, session: Session):
-        """The session's strokes as the painter's `Stroke`s (units chosen and levels set)."""
-        out = []
-        for s in session.strokes:
-            st = self.painter.stroke(s["concept"], s["mask"], s["action"], s["units"], s["boost"])
-            out.append(st)
-        return out
+        """The session's strokes as the painter's `Stroke`s (units chosen when painted)."""
+        return [s["stroke"] for s in session.strokes]
+
+    def scene_features(self, session: Session) -> torch.Tensor:
+        """The painting layer's features that the next stroke edits: the scene's with the
+        session's strokes applied (for an upload, its latent's own, which a stroke's cells
+        restart from: `Inversion.stroked_features`)."""
+        with self.lock:
+            if session.photo is not None:
+                f = session.photo.latent_features(self.painter.generator)
+            else:
+                f = self.painter.features(self.latent(session.seed))
+        return apply_strokes(f, self.strokes(session))
 
     def image(self, session: Session) -> np.ndarray:
         """The session's scene with its strokes, at the model's resolution (uint8 HxWx3):
@@ -412,17 +419,20 @@ class PaintApp:
         units = STRENGTHS.get(strength, strength)
         stroke = {"concept": concept, "action": "remove" if action.startswith("remove") else "draw",
                   "units": int(units), "boost": float(boost), "mask": mask}
-        self.painter.stroke(concept, mask, stroke["action"], stroke["units"])  # validates
-        stroke["rows"] = self.switched(concept, stroke["units"], stroke["action"])
+        stroke["stroke"] = self.painter.stroke(concept, mask, stroke["action"], stroke["units"],
+                                               stroke["boost"], features=self.scene_features(session))
+        stroke["rows"] = self.switched(concept, stroke["stroke"].units, stroke["action"])
         session = replace(session, strokes=session.strokes + [stroke])
         return self.outputs(session, f"{stroke['action']} {concept} with {units} units "
                                      f"({len(session.strokes)} strokes): {self.unit_list(stroke)}")
 
-    def switched(self, concept: str, n: int, action: str = "remove") -> list[dict]:
-        """[{rank, unit, iou, level, alpha?}]: the units a stroke of `concept` switches, in the
-        painter's ranking for the action (see Painter.ranking)."""
-        return self.dissection.rank(concept, self.painter.ranking(concept, action),
-                                    self.painter.layer, int(n))
+    def switched(self, concept: str, units, action: str = "remove") -> list[dict]:
+        """[{rank, unit, iou, level, alpha?}]: the given units of a stroke of `concept`, in the
+        order chosen, with their places in the painter's ranking for the action (see
+        Painter.ranking)."""
+        rows = {r["unit"]: r for r in self.dissection.rank(
+            concept, self.painter.ranking(concept, action), self.painter.layer, None)}
+        return [rows[u] for u in units]
 
     def unit_list(self, stroke: dict) -> str:
         """'units 12 (#1, α 0.31), ...' for the status line."""

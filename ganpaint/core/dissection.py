@@ -128,8 +128,9 @@ class Dissection(Mapping):
 
     # -- rankings ----------------------------------------------------------------------------
     def rank(self, concept: str, by: str = "iou", layer: str | None = None,
-             top: int = 20) -> list[dict]:
-        """[{rank, unit, iou, level, alpha?}] of the `top` units of `layer` for `concept`.
+             top: int | None = 20) -> list[dict]:
+        """[{rank, unit, iou, level, alpha?}] of the `top` units (None: all ranked) of `layer`
+        for `concept`.
 
         by="iou": IoU with the concept; "causal" / "local" / "insert": a learned causal ranking
         (`ganpaint rank-causal`, with `--local` or `--insert` for the last two)."""
@@ -137,7 +138,7 @@ class Dissection(Mapping):
         name = self.concept(concept)
         lay = self.summary["layers"][layer]
         stats = lay["unit_stats"]
-        if int(top) < 0:  # a negative slice would drop the best units instead
+        if top is not None and int(top) < 0:  # a negative slice would drop the best units instead
             raise ValueError(f"top must be at least 0 (units to list), got {top}")
         if by == "iou":
             rows = lay["ranking"].get(name, [])[:top]

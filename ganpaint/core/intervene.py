@@ -83,14 +83,37 @@ class Painter:
         return torch.tensor([self.dissection.level(u, quantile, self.layer) for u in units])
 
     def stroke(self, concept: str, mask, action="draw", units=10, strength=1.0,
-               quantile: float = 0.01) -> Stroke:
+               quantile: float = 0.01, features: torch.Tensor | None = None) -> Stroke:
         """A stroke that draws (inserts) or removes (ablates) `concept`'s top `units` units
-        (by the learned local causal ranking when there is one: see `ranking`)."""
+        (by the learned local causal ranking when there is one: see `ranking`).
+
+        `features`: the painting layer's (1, U, h, w) output that the stroke will edit. With
+        them, a remove stroke of a learned ranking switches off the `units` units that matter
+        most *here*: √α × their mean activation in the stroke's cells, among all the ranked
+        units. A unit already off in these cells changes nothing when zeroed, and the ranking's
+        order is an average over scenes. (The square root: the ranking's sparsity penalty
+        pushes most α near 0, also of units that draw some trees. On the scene GAN's first 87
+        tree scenes, "remove tree" leaves a median 38 % at 10 units instead of 52 %, 17 % at 20
+        instead of 28 %; α itself: 38 % and 20 %.)"""
         if action not in ("draw", "remove"):
             raise ValueError(f"action must be 'draw' or 'remove', not {action!r}")
-        chosen = self.dissection.top_units(concept, int(units), self.ranking(concept, action), self.layer)
+        mask = torch.as_tensor(mask, dtype=torch.float32)
+        by = self.ranking(concept, action)
+        if action == "remove" and features is not None and by in ("local", "causal"):
+            chosen = self._most_active(concept, by, int(units), mask, features)
+        else:
+            chosen = self.dissection.top_units(concept, int(units), by, self.layer)
         value = None if action == "remove" else self.level(chosen, quantile) * float(strength)
-        return Stroke(chosen, torch.as_tensor(mask, dtype=torch.float32), value)
+        return Stroke(chosen, mask, value)
+
+    def _most_active(self, concept, by, n, mask, features) -> list[int]:
+        """The n ranked units with the largest √α × mean (positive) activation inside `mask`."""
+        rows = self.dissection.rank(concept, by, self.layer, None)
+        f = features.reshape(-1, *features.shape[-3:])[0].detach().float().cpu()
+        m = pool_mask(mask if mask.dim() == 2 else mask[0], f.shape[-2:])
+        act = (f.clamp(min=0) * m).sum((1, 2)) / m.sum().clamp(min=1e-6)
+        score = torch.tensor([r.get("alpha", 0.0) ** 0.5 * float(act[r["unit"]]) for r in rows])
+        return [rows[i]["unit"] for i in score.argsort(descending=True, stable=True)[:n].tolist()]
 
     def features(self, z: torch.Tensor) -> torch.Tensor:
         """The unedited output of the painting layer for z (cached per latent)."""
