@@ -107,6 +107,8 @@ def test_remove_stroke_switches_off_the_units_active_under_it(painter):
     assert p.stroke(concept, mask, "remove", 2, features=x).units == [1, 2]
     assert torch.equal(apply_strokes(x, [fixed]), x)  # the fixed choice changes nothing here
     assert not torch.equal(apply_strokes(x, [here]), x)
-    # drawing, and rankings without α, keep the ranking's order
+    with pytest.raises(ValueError, match="one scene"):
+        p.stroke(concept, mask, "remove", 1, features=x.repeat(2, 1, 1, 1))
+    # drawing keeps the ranking's order
     assert p.stroke(concept, mask, "draw", 1, features=x).units == p.dissection.top_units(
         concept, 1, p.ranking(concept, "draw"), "layer4")

@@ -108,9 +108,13 @@ class Painter:
 
     def _most_active(self, concept, by, n, mask, features) -> list[int]:
         """The n ranked units with the largest √α × mean (positive) activation inside `mask`."""
+        if features.dim() == 4 and features.shape[0] != 1 or features.dim() not in (3, 4) \
+                or mask.dim() != 2:
+            raise ValueError(f"choosing units on features needs one scene's (1, U, h, w) and an "
+                             f"(H, W) mask; got {tuple(features.shape)} and {tuple(mask.shape)}")
         rows = self.dissection.rank(concept, by, self.layer, None)
-        f = features.reshape(-1, *features.shape[-3:])[0].detach().float().cpu()
-        m = pool_mask(mask if mask.dim() == 2 else mask[0], f.shape[-2:])
+        f = features.reshape(features.shape[-3:]).detach().float().cpu()
+        m = pool_mask(mask, f.shape[-2:])
         act = (f.clamp(min=0) * m).sum((1, 2)) / m.sum().clamp(min=1e-6)
         score = torch.tensor([r.get("alpha", 0.0) ** 0.5 * float(act[r["unit"]]) for r in rows])
         return [rows[i]["unit"] for i in score.argsort(descending=True, stable=True)[:n].tolist()]
