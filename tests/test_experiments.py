@@ -17,6 +17,8 @@ def test_ablation_curve_shape_and_reproducible(painter, tmp_path):
     assert r["random_removed"][1] == pytest.approx(np.mean([d[1] for d in r["random_draws"]]))
     assert r == experiments.ablation(painter, seg, "red", [0, 2, 8], samples=30, batch_size=10,
                                      progress=False)
+    with pytest.raises(ValueError, match="random_draws"):
+        experiments.ablation(painter, seg, "red", [0, 2], samples=10, random_draws=0, progress=False)
     local = experiments.ablation(painter, seg, "red", [0, 8], samples=30, batch_size=10,
                                  local=True, progress=False, strip=tmp_path / "s.png")
     assert local["local"] and local["pixels_before"] <= r["pixels_before"]

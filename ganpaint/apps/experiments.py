@@ -62,6 +62,8 @@ def ablation(painter: Painter, segmenter, concept: str, ks=(0, 1, 2, 4, 8, 12, 1
     ranked = painter.dissection.top_units(name, n_units, by, painter.layer)
     if len(ranked) < max(ks):  # units with zero IoU come after, in index order
         ranked += [u for u in range(n_units) if u not in set(ranked)]
+    if random_draws < 1:
+        raise ValueError(f"random_draws must be ≥ 1 (the random baseline is their mean), not {random_draws}")
     rng = np.random.default_rng(seed + 1000)
     perms = [rng.permutation(n_units).tolist() for _ in range(random_draws)]
     before = 0
