@@ -68,7 +68,7 @@ def test_sessions_are_independent(app):
 
 
 def test_units_and_ablation_views(app):
-    items, table = app.unit_gallery(app.concepts[0], top=3)
+    _, items, table, _ = app.concept_units(app.concepts[0], top=3)
     assert len(items) == len(table) <= 3 and items[0][0].shape == (192, 192, 3)  # 2×2 scenes
     # each unit's concepts are its IoUs, highest first, computed here from scratch: the unit's
     # mask (its upsampled map above its level) against each concept's pixels, 48 samples
@@ -164,6 +164,27 @@ def test_the_app_opens_on_a_scene_with_a_building_and_a_tree():
     assert share(lab[first], "building") >= 0.10 and share(lab[first], "tree") >= 0.04
     assert all(share(l, "building") < 0.10 or share(l, "tree") < 0.04 for l in lab[:first])
     assert PaintApp(app.painter.generator, app.dissection).first_seed() == 0  # no segmenter
+
+
+def test_units_tab_ranks_by_iou_or_by_causal_effect():
+    """On the shipped dissection (which has learned rankings) the two orders differ: by IoU the
+    units are the concept's highest-IoU ones, by causal effect the ranking strokes use."""
+    from ganpaint.apps import registry
+    from ganpaint.core.checkpoint import MODELS
+    from ganpaint.core.dissection import Dissection
+    d = Dissection.load(MODELS / "dissection")
+    app = PaintApp(registry.load_generator("scenes"), d)
+    layer = app.painter.layer
+    head, items, table, by_iou = app.concept_units("tree", top=4, by="iou")
+    assert by_iou == [r["unit"] for r in d.rank("tree", "iou", layer, 4)] and "iou ranking" in head
+    ious = [r["iou"] for r in d.rank("tree", "iou", layer, None)]
+    assert [t[2] for t in table] == [round(v, 4) for v in sorted(ious, reverse=True)[:4]]
+    learned = d.best_ranking("tree", layer)
+    head, items, table, by_effect = app.concept_units("tree", top=4, by="causal")
+    assert learned != "iou" and f"{learned} ranking" in head
+    assert by_effect == d.top_units("tree", 4, learned, layer) and by_effect != by_iou
+    with pytest.raises(ValueError, match="'iou' or 'causal'"):
+        app.concept_units("tree", by="alpha")
 
 
 def test_a_stroke_applies_on_release_and_replacing_the_canvas_is_no_new_stroke(app):

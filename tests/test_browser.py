@@ -437,6 +437,17 @@ def test_before_after_units_and_ctrl_z(server, model):
         listed = page.pg.locator("#u_best").inner_text()
         assert all(c in listed for c in best), (best, listed)
         page.pg.screenshot(path=str(ARTIFACTS / "units_tab.png"), full_page=True)
+        # rank the chosen concept's units by causal effect, then by IoU: the gallery follows
+        d = painter.dissection
+        for choice, by in (("causal effect", d.best_ranking("tree", painter.layer)), ("IoU", "iou")):
+            page.pg.locator("#u_by label", has_text=choice).click()
+            page.pg.wait_for_function("(b) => document.querySelector('#units_head').innerText"
+                                      ".includes('by ' + b + ' ranking')", arg=by, timeout=60000)
+            page.pg.wait_for_timeout(1000)
+            captions = page.pg.locator("#units_gallery .caption-label").all_inner_texts()
+            shown = [int(c.split("unit ")[1].split(" ")[0]) for c in captions]
+            assert shown == d.top_units("tree", 12, by, painter.layer), (by, shown)
+        page.pg.screenshot(path=str(ARTIFACTS / "units_tab_iou.png"), full_page=True)
         # back to painting: Ctrl+Z undoes the stroke (focus on the page, not a text box)
         page.pg.get_by_role("tab", name="Paint").click()
         page.pg.wait_for_timeout(500)

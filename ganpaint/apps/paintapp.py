@@ -512,14 +512,7 @@ class PaintApp:
                  for r in rows]
         return items, table, [r["unit"] for r in rows]
 
-    def unit_gallery(self, concept: str, top: int = 12):
-        """[(strip image, caption)] for the concept's best units, plus a table of them."""
-        by = self.dissection.best_ranking(concept, self.painter.layer)
-        rows = self.dissection.rank(concept, by, self.painter.layer, top)
-        items, table, _ = self.gallery(rows, concept)
-        return items, table
-
-    def units_tab(self, session: Session, concept: str, top: int = 12):
+    def units_tab(self, session: Session, concept: str, top: int = 12, by: str = "iou"):
         """What the Units tab shows when opened: the units the session's last stroke switched
         (its concept chosen), else the chosen concept's top units. Returns (concept, heading,
         gallery items, table, unit ids)."""
@@ -531,11 +524,17 @@ class PaintApp:
                     f"{len(units)} units, in the {self.painter.ranking(concept, last['action'])} ranking. "
                     "Click a unit for its best concepts; choose a concept for its top units.")
             return concept, head, items, table, units
-        return (concept, *self.concept_units(concept, top))
+        return (concept, *self.concept_units(concept, top, by))
 
-    def concept_units(self, concept: str, top: int = 12):
-        """(heading, gallery items, table, unit ids) of `concept`'s top units."""
-        by = self.dissection.best_ranking(concept, self.painter.layer)
+    def concept_units(self, concept: str, top: int = 12, by: str = "iou"):
+        """(heading, gallery items, table, unit ids) of `concept`'s top units, ranked `by`
+        "iou" (what the units detect: their outlines cover the concept) or "causal" (what they
+        draw: the learned ranking strokes use, IoU when none was learned). The two differ: on
+        the scene GAN the top causal tree units outline clouds, windows and walls."""
+        if by not in ("iou", "causal"):
+            raise ValueError(f"rank units by 'iou' or 'causal', not {by!r}")
+        if by == "causal":
+            by = self.dissection.best_ranking(concept, self.painter.layer)
         rows = self.dissection.rank(concept, by, self.painter.layer, top)
         items, table, units = self.gallery(rows, concept)
         head = (f"The top {len(units)} **{concept}** units by {by} ranking: each with its top-"
@@ -673,14 +672,18 @@ def build_demo(app: PaintApp, curves_dir: Path | None = None):
                 None, None, None, js="() => document.querySelector('#download').click()")
             with gr.Tab("Units", id="units") as units_tab:
                 u_head = gr.Markdown(elem_id="units_head")
-                u_concept = gr.Dropdown(concepts, value=default, label="concept", elem_id="u_concept")
+                with gr.Row():
+                    u_concept = gr.Dropdown(concepts, value=default, label="concept", elem_id="u_concept")
+                    u_by = gr.Radio([("IoU: what the units detect", "iou"),
+                                     ("causal effect: what they draw", "causal")], value="iou",
+                                    label="rank units by", elem_id="u_by")
                 u_units = gr.State([])
                 gallery = gr.Gallery(label="units: top-activating scenes, region above the unit's level "
                                      "outlined (click one)", columns=4, height="auto", object_fit="contain",
                                      elem_id="units_gallery", allow_preview=False)
                 with gr.Row():
                     u_table = gr.Dataframe(headers=["rank", "unit", "IoU", "level", "causal α"],
-                                           label="ranking (by causal effect when learned, else by IoU)")
+                                           label="ranking")
                     with gr.Column():
                         with gr.Row():
                             u_unit = gr.Number(value=0, precision=0, label="unit", elem_id="u_unit")
@@ -688,21 +691,22 @@ def build_demo(app: PaintApp, curves_dir: Path | None = None):
                         u_best = gr.Dataframe(headers=["concept", "IoU"], label="best concepts",
                                               elem_id="u_best")
 
-            def open_units(sess, c, progress=gr.Progress()):
+            def open_units(sess, c, by, progress=gr.Progress()):
                 progress(0.1, desc="drawing the units' top-activating scenes")
-                return app.units_tab(sess, c)
+                return app.units_tab(sess, c, by=by)
 
-            def concept_units(c, progress=gr.Progress()):
+            def concept_units(c, by, progress=gr.Progress()):
                 progress(0.1, desc=f"drawing the top {c} units' best scenes")
-                return app.concept_units(c)
+                return app.concept_units(c, by=by)
 
             def pick_unit(units, evt: gr.SelectData):
                 unit = int(units[evt.index])
                 return unit, app.unit_concepts(unit)
             pick_unit.__annotations__["evt"] = gr.SelectData  # resolved here, not as a string
             unit_outs = [u_head, gallery, u_table, u_units]
-            units_tab.select(guard(open_units), [session, u_concept], [u_concept] + unit_outs)
-            u_concept.input(guard(concept_units), [u_concept], unit_outs)
+            units_tab.select(guard(open_units), [session, u_concept, u_by], [u_concept] + unit_outs)
+            u_concept.input(guard(concept_units), [u_concept, u_by], unit_outs)
+            u_by.input(guard(concept_units), [u_concept, u_by], unit_outs)
             gallery.select(guard(pick_unit), [u_units], [u_unit, u_best])
             u_btn.click(guard(app.unit_concepts), [u_unit], [u_best])
             with gr.Tab("Ablation", id="ablation"):
