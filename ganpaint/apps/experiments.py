@@ -52,6 +52,8 @@ def ablation(painter: Painter, segmenter, concept: str, ks=(0, 1, 2, 4, 8, 12, 1
     `strip`: a PNG path for six scenes of the first batch before (top) and after (bottom)
     ablating k = 20 units; scenes that show the concept (≥ 1 % of their pixels) come first.
     `random_removed` is the mean over `random_draws` random unit sets; each draw is kept too."""
+    if random_draws < 1:
+        raise ValueError(f"random_draws must be ≥ 1 (the random baseline is their mean), not {random_draws}")
     g = painter.generator
     c = lookup(concept, segmenter.concepts)
     name = segmenter.concepts[c]
@@ -62,8 +64,6 @@ def ablation(painter: Painter, segmenter, concept: str, ks=(0, 1, 2, 4, 8, 12, 1
     ranked = painter.dissection.top_units(name, n_units, by, painter.layer)
     if len(ranked) < max(ks):  # units with zero IoU come after, in index order
         ranked += [u for u in range(n_units) if u not in set(ranked)]
-    if random_draws < 1:
-        raise ValueError(f"random_draws must be ≥ 1 (the random baseline is their mean), not {random_draws}")
     rng = np.random.default_rng(seed + 1000)
     perms = [rng.permutation(n_units).tolist() for _ in range(random_draws)]
     before = 0
