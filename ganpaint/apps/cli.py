@@ -130,12 +130,15 @@ def _train_gan(p):
     p.add_argument("--init", default=None,
                    help="what a fresh run starts from: a generator file (e.g. models/scenegan.pt) "
                         "or a compact training state (state_compact.pt, written at every export)")
+    p.add_argument("--locality", type=at_least(0.0), default=0.0,
+                   help="weight of the locality loss: a painting-layer cell transplanted from another "
+                        "scene should draw its own content (0: off)")
 
     def run(a):
         from ganpaint.world.scenegan import train
         _threads(a)
         train(a.out, a.export, a.steps, a.batch_size, a.lr_g, a.lr_d, device=a.device and _device(a),
-              semantic=a.semantic, init=a.init)
+              semantic=a.semantic, init=a.init, locality=a.locality)
     return run
 
 

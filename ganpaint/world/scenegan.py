@@ -126,6 +126,44 @@ class SemanticDiscriminator(nn.Module):
         return torch.stack(scores, 1)  # (N, scales): one score per scale
 
 
+def splice_cells(f: torch.Tensor, labels: torch.Tensor, n_concepts: int, gen=None):
+    """Transplant one painting-layer cell per scene from the next scene of the batch.
+
+    The cell is drawn among those whose 8 neighbours have the same dominant concept in both
+    scenes (a door from a wall onto a wall, not into the sky) while the cells themselves hold
+    different concepts. Returns the spliced features and, per spliced scene, (row, donor,
+    y, x); scenes without such a cell are left out."""
+    grid = f.shape[-2:]
+    shares = F.adaptive_avg_pool2d(F.one_hot(labels.long(), n_concepts).permute(0, 3, 1, 2).float(), grid)
+    ring = (F.avg_pool2d(shares, 3, 1, 1, count_include_pad=True) * 9 - shares).argmax(1)
+    own = shares.argmax(1)
+    donor = torch.arange(len(f)).roll(-1)
+    cand = (ring == ring[donor]) & (own != own[donor])
+    spliced, picks = f.clone(), []
+    for i in torch.nonzero(cand.flatten(1).any(1)).flatten().tolist():
+        y, x = divmod(int(torch.multinomial(cand[i].flatten().float(), 1, generator=gen)), grid[1])
+        spliced[i, :, y, x] = f[donor[i], :, y, x]
+        picks.append((i, int(donor[i]), y, x))
+    return spliced, picks
+
+
+def locality_loss(render, f, labels, seg_net, n_concepts, gen=None):
+    """Cross-entropy of the segmenter, on the transplanted cells' pixels, between the image
+    rendered from spliced features and the donor scene's labels there: a cell's features
+    alone should draw its content where the surroundings fit. Zero when no cell qualifies."""
+    spliced, picks = splice_cells(f, labels, n_concepts, gen)
+    if not picks:
+        return f.new_zeros(())
+    rows = [p[0] for p in picks]
+    logits = seg_net(render(spliced[rows]))
+    ch, cw = labels.shape[-2] // f.shape[-2], labels.shape[-1] // f.shape[-1]
+    loss = 0.0
+    for k, (_, donor, y, x) in enumerate(picks):
+        win = (slice(y * ch, (y + 1) * ch), slice(x * cw, (x + 1) * cw))
+        loss = loss + F.cross_entropy(logits[k:k + 1, :, win[0], win[1]], labels[donor:donor + 1, win[0], win[1]])
+    return loss / len(picks)
+
+
 def sample_grid(g, n=64, seed=0, device="cpu") -> np.ndarray:
     """An 8-wide grid of samples (uint8 HxWx3) for the model card and for looking at."""
     z = torch.randn(n, g.z_dim, generator=torch.Generator().manual_seed(seed)).to(device)
@@ -140,10 +178,12 @@ class Trainer:
     (so the benchmark times exactly what training runs).
 
     `amp` runs forward passes under bf16 autocast; `semantic_scales` picks which of the
-    segmenter's encoder scales the semantic discriminator judges (fewer is cheaper)."""
+    segmenter's encoder scales the semantic discriminator judges (fewer is cheaper).
+    `locality` weighs `locality_loss` in the generator's loss (0: off): the painting layer's
+    cells are what a stroke edits, so a cell's features should draw its content."""
 
     def __init__(self, batch_size=16, lr_g=1e-3, lr_d=4e-4, device="cpu", semantic=True,
-                 segmenter_path=None, config=None, amp=False, semantic_scales=(0, 1, 2)):
+                 segmenter_path=None, config=None, amp=False, semantic_scales=(0, 1, 2), locality=0.0):
         from ganpaint.world.segmenter import DEFAULT_WEIGHTS as SEGMENTER, load_segmenter
         torch.manual_seed(0)  # same initial weights every run: a resumed run equals an unbroken one
         cl = self.memory_format = torch.channels_last  # faster convolutions on the CPU
@@ -156,9 +196,12 @@ class Trainer:
         opt_d = torch.optim.Adam(d.parameters(), lr=lr_d, betas=(0.0, 0.99))
         self.parts = {"g": g, "d": d, "g_ema": self.g_ema, "opt_g": opt_g, "opt_d": opt_d}
         self.opt_g, self.discs = opt_g, [(d, opt_d)]
+        seg = load_segmenter(segmenter_path or SEGMENTER) if semantic or locality else None
+        self.locality, self.seg_net = float(locality), seg and seg.net.requires_grad_(False)
+        split = list(g._modules).index(PAINT_LAYER) + 1  # the generator up to / after it
+        self.g_head, self.g_tail = nn.Sequential(*list(g)[:split]), nn.Sequential(*list(g)[split:])
         if semantic:
-            d_sem = SemanticDiscriminator(load_segmenter(segmenter_path or SEGMENTER).net,
-                                          scales=semantic_scales)
+            d_sem = SemanticDiscriminator(seg.net, scales=semantic_scales)
             d_sem = d_sem.to(device, memory_format=cl)
             opt_s = torch.optim.Adam(d_sem.heads.parameters(), lr=lr_d, betas=(0.0, 0.99))
             self.parts.update(d_sem=d_sem.heads, opt_d_sem=opt_s)
@@ -173,7 +216,8 @@ class Trainer:
         real = real.to(self.device).contiguous(memory_format=self.memory_format)
         z = torch.randn(real.shape[0], self.g.z_dim, generator=torch.Generator().manual_seed(step))
         with self._autocast():
-            fake = self.g(z.to(self.device))  # one forward serves both steps
+            f = self.g_head(z.to(self.device).view(len(z), -1, 1, 1))
+            fake = self.g_tail(f)  # one forward serves both steps
         loss_d = 0.0
         for disc, opt in self.discs:
             with self._autocast():
@@ -184,6 +228,12 @@ class Trainer:
             loss_d += loss.item()
         with self._autocast():
             loss_g = -sum(disc(fake).mean() for disc, _ in self.discs)
+            if self.locality:
+                with torch.no_grad():
+                    labels = self.seg_net(fake.detach().float()).argmax(1)
+                loss_g = loss_g + self.locality * locality_loss(
+                    self.g_tail, f.detach(), labels, self.seg_net, self.seg_net.head.out_channels,
+                    torch.Generator().manual_seed(step))
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.float().backward()
         self.opt_g.step()
@@ -228,7 +278,7 @@ def _start_from(init, tr, device, log) -> int:
 
 def train(out_dir="runs/gan", export_to=DEFAULT_WEIGHTS, steps=20000, batch_size=32,
           lr_g=1e-3, lr_d=1e-3, device=None, log=print, semantic=True, segmenter_path=None,
-          init=None):
+          init=None, locality=0.0):
     """Train (or resume) the scene GAN. `init`: where a fresh run starts (no state in `out_dir`):
     a generator file, or a compact training state (see `compact_state`; written beside the
     full state at every export, as state_compact.pt)."""
@@ -236,7 +286,7 @@ def train(out_dir="runs/gan", export_to=DEFAULT_WEIGHTS, steps=20000, batch_size
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     out_dir = checkpoint.run_paths(out_dir, export_to)
     state_path = out_dir / "state.pt"
-    tr = Trainer(batch_size, lr_g, lr_d, device, semantic, segmenter_path)
+    tr = Trainer(batch_size, lr_g, lr_d, device, semantic, segmenter_path, locality=locality)
     step = 0
     if init is not None and not state_path.exists():
         step = _start_from(init, tr, device, log)
