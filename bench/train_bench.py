@@ -23,6 +23,7 @@ VARIANTS = {  # name: (batch size, Trainer keyword arguments, what to torch.comp
     "sem-8px-only": (16, {"semantic_scales": (2,)}, False),
     "no-semantic": (16, {"semantic": False}, False),
     "thin-highres": (16, {"config": THIN}, False),
+    "locality": (16, {"locality": 1.0}, False),  # + the locality loss (train-gan --locality)
     "compile-g": (16, {}, "g"),
     "compile-all": (16, {}, "all"),
 }

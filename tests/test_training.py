@@ -118,6 +118,15 @@ def test_splice_cells_moves_one_cell_between_scenes_whose_surroundings_agree():
     spliced[0, :, 3, 3] = f[0, :, 3, 3]
     assert torch.equal(spliced, f)  # nothing else changed
 
+    cells = torch.zeros(2, 8, 8, dtype=torch.long)  # sky; trees on every other cell of scene 1
+    cells[1, ::2, ::2] = 1
+    labels = cells.repeat_interleave(8, 1).repeat_interleave(8, 2)
+    _, picks = scenegan.splice_cells(torch.randn(2, 5, 8, 8), labels, 2, torch.Generator().manual_seed(0))
+    for row in (0, 1):
+        at = [(y, x) for i, _, y, x in picks if i == row]
+        assert len(at) == 4 and all(cells[1, y, x] == 1 for y, x in at)  # only the tree cells
+        assert all(max(abs(a[0] - b[0]), abs(a[1] - b[1])) >= 3 for a in at for b in at if a != b)
+
 
 def test_locality_loss_prefers_a_generator_whose_cells_draw_their_own_content():
     """Features are one-hot concepts per cell; a renderer that draws each cell from its own

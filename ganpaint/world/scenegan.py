@@ -126,24 +126,29 @@ class SemanticDiscriminator(nn.Module):
         return torch.stack(scores, 1)  # (N, scales): one score per scale
 
 
-def splice_cells(f: torch.Tensor, labels: torch.Tensor, n_concepts: int, gen=None):
-    """Transplant one painting-layer cell per scene from the next scene of the batch.
+def splice_cells(f: torch.Tensor, labels: torch.Tensor, n_concepts: int, gen=None, per_scene=4):
+    """Transplant painting-layer cells into each scene from the next scene of the batch.
 
-    The cell is drawn among those whose 8 neighbours have the same dominant concept in both
-    scenes (a door from a wall onto a wall, not into the sky) while the cells themselves hold
-    different concepts. Returns the spliced features and, per spliced scene, (row, donor,
-    y, x); scenes without such a cell are left out."""
+    A cell qualifies where its 8 neighbours have the same dominant concept in both scenes (a
+    door from a wall onto a wall, not into the sky) while the cells themselves hold different
+    concepts. Up to `per_scene` cells are drawn per scene, at least 3 cells apart so that no
+    transplant sits in another's neighbourhood. Returns the spliced features and, per
+    transplant, (row, donor, y, x); scenes without a qualifying cell are left out."""
     grid = f.shape[-2:]
     shares = F.adaptive_avg_pool2d(F.one_hot(labels.long(), n_concepts).permute(0, 3, 1, 2).float(), grid)
     ring = (F.avg_pool2d(shares, 3, 1, 1, count_include_pad=True) * 9 - shares).argmax(1)
     own = shares.argmax(1)
     donor = torch.arange(len(f)).roll(-1)
-    cand = (ring == ring[donor]) & (own != own[donor])
+    cand = ((ring == ring[donor]) & (own != own[donor])).float()
     spliced, picks = f.clone(), []
-    for i in torch.nonzero(cand.flatten(1).any(1)).flatten().tolist():
-        y, x = divmod(int(torch.multinomial(cand[i].flatten().float(), 1, generator=gen)), grid[1])
-        spliced[i, :, y, x] = f[donor[i], :, y, x]
-        picks.append((i, int(donor[i]), y, x))
+    for i in range(len(f)):
+        for _ in range(per_scene):
+            if not cand[i].any():
+                break
+            y, x = divmod(int(torch.multinomial(cand[i].flatten(), 1, generator=gen)), grid[1])
+            cand[i, max(0, y - 2):y + 3, max(0, x - 2):x + 3] = 0
+            spliced[i, :, y, x] = f[donor[i], :, y, x]
+            picks.append((i, int(donor[i]), y, x))
     return spliced, picks
 
 
@@ -154,12 +159,13 @@ def locality_loss(render, f, labels, seg_net, n_concepts, gen=None):
     spliced, picks = splice_cells(f, labels, n_concepts, gen)
     if not picks:
         return f.new_zeros(())
-    rows = [p[0] for p in picks]
+    rows = sorted({p[0] for p in picks})
     logits = seg_net(render(spliced[rows]))
     ch, cw = labels.shape[-2] // f.shape[-2], labels.shape[-1] // f.shape[-1]
     loss = 0.0
-    for k, (_, donor, y, x) in enumerate(picks):
+    for i, donor, y, x in picks:
         win = (slice(y * ch, (y + 1) * ch), slice(x * cw, (x + 1) * cw))
+        k = rows.index(i)
         loss = loss + F.cross_entropy(logits[k:k + 1, :, win[0], win[1]], labels[donor:donor + 1, win[0], win[1]])
     return loss / len(picks)
 
