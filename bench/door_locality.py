@@ -8,8 +8,9 @@ cells of the experiments' seed (the dab's cells):
   units; the cell and the one above; its 3×3 neighbourhood): if only the 3×3 one draws a door,
   the generator spreads a door over the neighbouring cells, and no choice of units or levels in
   one cell can draw one;
-- "draw door" strokes of 1×1, 2×1 (the cell and the one above) and 2×2 cells, with 10 and 20
-  units of the dissection's drawing ranking at the default level: what a person gets.
+- "draw door" strokes of 1×1, 2×1 (the cell and the one above) and 2×2 cells, hard-edged, with
+  10 and 20 units of the dissection's drawing ranking at the default level; and the 1×1 dab
+  with the app's soft edge (its effect at `FEATHER` in the 8 cells around): what a person gets.
 
 A success is ≥ 24 door pixels gained around the edit (issue 17's measure, in its 3×3 cells
 grown by the row above and the column to the right, which the larger edits also touch).
@@ -26,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from ganpaint.apps import registry  # noqa: E402
 from ganpaint.apps.experiments import EXPERIMENT_SEED, _shares, _wall_foot  # noqa: E402
-from ganpaint.core.intervene import Painter  # noqa: E402
+from ganpaint.core.intervene import FEATHER, Painter  # noqa: E402
 from ganpaint.core.names import lookup  # noqa: E402
 
 DONOR_SEED = 7  # scenes the transplanted doors come from: apart from the dabs' scenes
@@ -58,12 +59,13 @@ def main():
     if not g.can_split(p.layer):
         sys.exit(f"{p.layer}: this generator cannot be rerun from its painting layer")
     B, D = lookup("building", seg.concepts), lookup("door", seg.concepts)
+    ground = [lookup(n, seg.concepts) for n in ("grass", "road")]
     _, fd, _, shd = scenes(p, seg, DONOR_SEED, 300)
     h, w = fd.shape[2:]
     donors = [(i, y, x) for i in range(len(fd)) for y in range(1, h - 1) for x in range(1, w - 1)
               if shd[i, D, y, x] >= 0.4]
     z, f, lab, sh = scenes(p, seg, EXPERIMENT_SEED, 6 * a.scenes)
-    sites = [(i, c) for i in range(len(z)) if (c := _wall_foot(sh[i], B, D)) is not None
+    sites = [(i, c) for i in range(len(z)) if (c := _wall_foot(sh[i], B, D, ground)) is not None
              and 1 <= c[0] < h - 1 and 1 <= c[1] < w - 1][:a.scenes]
     ch, cw = lab.shape[-2] // h, lab.shape[-1] // w
     rng = np.random.RandomState(0)
@@ -79,11 +81,12 @@ def main():
                 fd[j:j + 1, :, dy - top:dy + 1 + (name == "3x3"), dx - left:dx + right]
             out = seg.segment(g.forward_from(p.layer, edited))[0]
             gains.setdefault(f"transplant {name}, all units", []).append(int((out[win] == D).sum()) - base)
-        for name, (top, right) in {"1x1": (0, 1), "2x1": (1, 1), "2x2": (1, 2)}.items():
+        for name, (top, right), edge in (("1x1", (0, 1), 0.0), ("2x1", (1, 1), 0.0), ("2x2", (1, 2), 0.0),
+                                         (f"1x1 edge {FEATHER}", (0, 1), FEATHER)):
             m = torch.zeros(h, w)
             m[y - top:y + 1, x:x + right] = 1
             for k in (10, 20):
-                out = seg.segment(p.render(z[i:i + 1], [p.stroke("door", m, "draw", k)]))[0]
+                out = seg.segment(p.render(z[i:i + 1], [p.stroke("door", m, "draw", k, feather=edge)]))[0]
                 gains.setdefault(f"draw stroke {name}, {k} units", []).append(int((out[win] == D).sum()) - base)
     print(f"{len(sites)} wall-foot cells ({d.get('model')}, {p.layer}; {len(donors)} donor door cells); "
           f"success = ≥ {MIN_GAIN} door px gained around the edit")

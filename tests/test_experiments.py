@@ -108,20 +108,23 @@ def _shares_of(grid_labels, n=10):
 
 def test_painting_picks_the_cells_a_person_would():
     S, G, B, D = 0, 2, 5, 9  # sky, grass, building, door in the scene world's label order
+    W, ground = 8, [G, 3]  # window; grass and road
     grid = [[S, S, S, S],
             [S, B, B, S],
             [G, B, D, G],
             [G, G, G, G]]
     sh = _shares_of(grid)
     # the wall's foot: a wall cell with ground below and no door in it (not the door's cell)
-    assert experiments._wall_foot(sh, B, D) == (2, 1)
+    assert experiments._wall_foot(sh, B, D, ground) == (2, 1)
+    # not a wall cell above a window: only the wall's bottom row counts
+    assert experiments._wall_foot(_shares_of([[B, B], [W, B], [B, B], [G, G]]), B, D, ground) == (2, 0)
     assert experiments._sky_cell(sh, S) == (0, 1)  # highest open sky, nearest the middle
     assert experiments._grass_patch(sh, G) is None  # no 2×2 block of grass
     grid[2][1] = G  # now the wall's foot moves up and a grass patch appears
     sh = _shares_of(grid)
-    assert experiments._wall_foot(sh, B, D) == (1, 1)
+    assert experiments._wall_foot(sh, B, D, ground) == (1, 1)
     assert experiments._grass_patch(sh, G) == (2, 0)
-    assert experiments._wall_foot(_shares_of([[S, S], [G, G]]), B, D) is None
+    assert experiments._wall_foot(_shares_of([[S, S], [G, G]]), B, D, ground) is None
 
 def test_painting_figures_on_the_shipped_model():
     """Few scenes, but the real model: scenes are taken in seed order, each figure counts the

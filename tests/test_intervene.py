@@ -101,8 +101,8 @@ def test_remove_stroke_switches_off_the_units_active_under_it(painter):
     x = torch.ones(1, 8, 8, 8)
     x[0, 0, 2:5, 2:5] = 0  # the top-ranked unit is off under the stroke
     x[0, 1], x[0, 2] = 3.0, 5.0  # √α × activation: unit 1 2.7, unit 2 1.6
-    fixed = p.stroke(concept, mask, "remove", 1)
-    here = p.stroke(concept, mask, "remove", 1, features=x)
+    fixed = p.stroke(concept, mask, "remove", 1, feather=0)
+    here = p.stroke(concept, mask, "remove", 1, features=x, feather=0)
     assert fixed.units == [0] and here.units == [1]
     assert p.stroke(concept, mask, "remove", 2, features=x).units == [1, 2]
     assert torch.equal(apply_strokes(x, [fixed]), x)  # the fixed choice changes nothing here
@@ -112,3 +112,22 @@ def test_remove_stroke_switches_off_the_units_active_under_it(painter):
     # drawing keeps the ranking's order
     assert p.stroke(concept, mask, "draw", 1, features=x).units == p.dissection.top_units(
         concept, 1, p.ranking(concept, "draw"), "layer4")
+
+
+def test_a_soft_edge_reaches_the_cells_around_a_stroke_at_its_fraction(painter):
+    from ganpaint.core.intervene import FEATHER, Stroke
+    x = torch.ones(1, 2, 8, 8)
+    cell = torch.zeros(8, 8)
+    cell[3, 3] = 1
+    out = apply_strokes(x, [Stroke([0], cell, None, 0.5)])[0]
+    assert out[0, 3, 3] == 0  # ablated in the cell
+    ring = out[0, 2:5, 2:5].clone()
+    ring[1, 1] = 0.5
+    assert torch.equal(ring, torch.full((3, 3), 0.5))  # half-ablated around it
+    assert out[0].sum() == 64 - 1 - 8 * 0.5 and torch.equal(out[1], x[0, 1])  # nothing else
+    hard = apply_strokes(x, [Stroke([0], cell, None)])[0]
+    assert hard[0].sum() == 63
+    concept = painter.dissection.summary["concepts"][0]
+    assert painter.stroke(concept, cell, "remove", 1).feather == FEATHER  # the app's edge by default
+    with pytest.raises(ValueError, match="feather"):
+        painter.stroke(concept, cell, "remove", 1, feather=1.5)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ganpaint.core.dissect import output_dir
 from ganpaint.core.dissection import RANKINGS
+from ganpaint.core.intervene import FEATHER
 
 COMMANDS = {}
 
@@ -39,16 +40,16 @@ def at_least(low):
     return parse
 
 
-def share(high, closed=False):
-    """argparse type: a share in (0, high) — (0, high] if `closed`."""
+def share(high, closed=False, zero=False):
+    """argparse type: a share in (0, high) — (0, high] if `closed`, [0, ...) with `zero`."""
     def parse(text):
         try:
             v = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not (0 < v <= high if closed else 0 < v < high):
+        if not ((0 <= v if zero else 0 < v) and (v <= high if closed else v < high)):
             raise argparse.ArgumentTypeError(
-                f"must be in (0, {high}{']' if closed else ')'}, got {text}")
+                f"must be in {'[' if zero else '('}0, {high}{']' if closed else ')'}, got {text}")
         return v
     return parse
 
@@ -1050,6 +1051,8 @@ def _paint(p):
                    help="dissection of the model (default for scenes: models/dissection)")
     p.add_argument("--units", type=count(1), default=20)
     p.add_argument("--strength", type=at_least(0.0), default=1.0, help="draw: multiple of the units' levels")
+    p.add_argument("--feather", type=share(1.0, closed=True, zero=True), default=FEATHER,
+                   help="the stroke's soft edge: its strength in the 8 cells around its cells (0: hard)")
     _model_args(p)
     _invert_args(p)
 
@@ -1090,7 +1093,7 @@ def _paint(p):
             inv = invert(g, prep, encoder=_encoder(a, g, dev), perceptual=seg, progress=True,
                          **_invert_options(a))
             print(f"reconstruction PSNR {inv.psnr:.2f} dB")
-        stroke = inv.stroke(painter, a.concept, mask, a.action, a.units, a.strength)
+        stroke = inv.stroke(painter, a.concept, mask, a.action, a.units, a.strength, a.feather)
         with torch.no_grad():
             edited = inv.edit_full(g, [stroke])
         output_dir(out.parent)

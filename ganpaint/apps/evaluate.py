@@ -159,9 +159,12 @@ def check_bars(r: dict) -> list[tuple[str, bool, str]]:
     if "door_dab" in r:
         dd, ts = r["door_dab"], r["tree_stroke"]
         na = lambda v, f: "n/a" if v is None else format(v, f)  # noqa: E731
+        hard = dd.get("hard_edge", {})
+        edge = (f"; soft edge {r['feather']}, hard-edged cell {na(hard.get('wall_success'), '.0%')}"
+                if r.get("feather") else "")
         rows.append(("door dab at a wall's foot", (dd["wall_success"] or 0) >= 0.7,
                      f"{na(dd['wall_success'], '.0%')} of {len(dd['wall_gain'])} scenes gain ≥ "
-                     f"{dd['min_gain']} door px (bar 70 %)"))
+                     f"{dd['min_gain']} door px (bar 70 %{edge})"))
         rows.append(("door dab in the sky", dd["sky_success"] is not None and dd["sky_success"] <= 0.1,
                      f"{na(dd['sky_success'], '.0%')} of {len(dd['sky_gain'])} scenes (bar ≤ 10 %)"))
         rows.append(("remove tree: share left", ts["left_median"] is not None and ts["left_median"] <= 0.35,

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from ganpaint.core.intervene import Painter, Stroke
+from ganpaint.core.intervene import FEATHER, Painter, Stroke
 from ganpaint.world.labels import lookup
 from ganpaint.world.scenes import to_uint8_images
 
@@ -121,8 +121,9 @@ def _strip_k(ks):
 
 def insertion(painter: Painter, segmenter, concept="door", units=20, samples=500,
               cells_per_sample=4, batch_size=25, seed=EXPERIMENT_SEED, quantile="0.005",
-              strength=1.0, progress=True) -> dict:
-    """Insert `concept` at random cells; concept pixels added nearby, by context at the cell."""
+              strength=1.0, feather=0.0, progress=True) -> dict:
+    """Insert `concept` at random cells; concept pixels added nearby, by context at the cell.
+    Hard-edged cells by default (`feather` 0), as GAN Dissection measures insertion."""
     g = painter.generator
     c = lookup(concept, segmenter.concepts)
     name = segmenter.concepts[c]
@@ -142,7 +143,7 @@ def insertion(painter: Painter, segmenter, concept="door", units=20, samples=500
             ys, xs = rng.integers(0, h, len(idx)), rng.integers(0, w, len(idx))
             cells = torch.zeros(len(idx), h, w)
             cells[torch.arange(len(idx)), ys, xs] = 1
-            stroke = painter.stroke(name, cells, "draw", units, strength, quantile)
+            stroke = painter.stroke(name, cells, "draw", units, strength, quantile, feather=feather)
             out = painter.render(z, [stroke])
             lab2 = segmenter.segment(out)
             for i in range(len(idx)):
@@ -155,7 +156,7 @@ def insertion(painter: Painter, segmenter, concept="door", units=20, samples=500
                 added.setdefault(ctx, []).append(gain)
     context = {k: {"n": len(v), "mean_added": float(np.mean(v))}
                for k, v in sorted(added.items(), key=lambda kv: -np.mean(kv[1]))}
-    return {"concept": name, "layer": painter.layer, "units": units, "quantile": quantile,
+    return {"concept": name, "layer": painter.layer, "units": units, "quantile": quantile, "feather": feather,
             "ranking": painter.ranking(name, "draw"),
             "samples": samples, "cells_per_sample": cells_per_sample, "seed": seed,
             "pixels_per_cell": ch * cw, "context": context}
@@ -167,14 +168,15 @@ def _shares(lab, n_concepts, grid):
     return F.adaptive_avg_pool2d(onehot, grid)
 
 
-def _wall_foot(sh, building, door):
+def _wall_foot(sh, building, door, ground):
     """The cell a person clicks to add a door: a plain wall cell (no door in it) whose cell
-    below is neither wall nor door (the ground); the most wall-covered such cell. None if the
-    scene has none."""
+    below is mostly ground (`ground`: the grass and road indices), or the image's bottom row;
+    the most wall-covered such cell. None if the scene has none. (A wall cell above a window
+    is not the foot of a wall.)"""
     wall = sh[building] >= 0.5
-    facade = (sh[building] + sh[door]) >= 0.5
-    below = torch.cat([facade[1:], torch.zeros_like(facade[:1])])
-    cand = wall & ~below & (sh[door] == 0)
+    on_ground = sh[list(ground)].sum(0) >= 0.5
+    below = torch.cat([on_ground[1:], torch.ones_like(on_ground[:1])])
+    cand = wall & below & (sh[door] == 0)
     if not cand.any():
         return None
     score = torch.where(cand, sh[building], torch.full_like(sh[building], -1.0))
@@ -204,26 +206,29 @@ def _grass_patch(sh, grass):
 
 def painting(painter: Painter, segmenter, scenes=(50, 30, 30), seed=EXPERIMENT_SEED,
              units=(10, 10, 20), min_gain=(24, 40), scan=2000, batch_size=25,
-             progress=True) -> dict:
+             feather=FEATHER, progress=True) -> dict:
     """Strokes as a person paints them, on the first generated scenes that qualify, in seed
     order (no picking): a one-cell "draw door" dab at the foot of a wall and the same dab in
-    open sky; "remove tree" over every cell a tree covers (> 10 % of it); "draw tree" on a
+    open sky (also measured with hard-edged cells: `door_dab.hard_edge`); "remove tree" over every cell a tree covers (> 10 % of it); "draw tree" on a
     2×2-cell patch of grass. Counts are segmenter pixels at the generator's resolution.
 
     `scenes`: how many scenes each figure uses (door dabs, tree removals, tree drawings);
     `units`: units per stroke for the same three; `min_gain`: door pixels gained in the 3×3
     cells around a dab, and tree pixels gained in and around a grass patch, that count as
-    a success."""
+    a success. `feather`: the strokes' soft edge, the app's by default (see `Painter.stroke`)."""
     g, concepts = painter.generator, segmenter.concepts
     B, D, T, S, G_ = (lookup(n, concepts) for n in ("building", "door", "tree", "sky", "grass"))
     background = torch.tensor([lookup(n, concepts) for n in ("sky", "grass", "road", "building")])
+    ground = [lookup(n, concepts) for n in ("grass", "road")]
     n_dab, n_tree, n_draw = scenes
     wall, sky, left, drawn, moved, bg = [], [], [], [], 0, 0
+    hard = {"wall": [], "sky": []}  # the same dabs with hard-edged cells
     seeds = {"wall": [], "sky": [], "tree": [], "grass": []}
     bar = tqdm(total=sum(scenes) + n_dab, disable=not progress, desc="painting", unit="scene")
 
-    def edit(z, concept, cells, action, k):  # as the app paints: units chosen for this scene
-        out = painter.render(z, [painter.stroke(concept, cells, action, k, features=painter.features(z))])
+    def edit(z, concept, cells, action, k, edge=feather):  # as the app paints: units chosen here
+        out = painter.render(z, [painter.stroke(concept, cells, action, k, features=painter.features(z),
+                                                feather=edge)])
         return segmenter.segment(out)[0]
 
     def around(cell, grid, size):  # the cell and its 8 neighbours, in pixels
@@ -242,14 +247,15 @@ def painting(painter: Painter, segmenter, scenes=(50, 30, 30), seed=EXPERIMENT_S
         size = lab.shape[-1]
         for i, sample in enumerate(idx):
             zi, li, sh = z[i:i + 1], lab[i], shares[i]
-            for kind, cell, store in (("wall", _wall_foot(sh, B, D), wall), ("sky", _sky_cell(sh, S), sky)):
+            for kind, cell, store in (("wall", _wall_foot(sh, B, D, ground), wall), ("sky", _sky_cell(sh, S), sky)):
                 if cell is None or len(store) >= n_dab:
                     continue
                 cells = torch.zeros(grid)
                 cells[cell] = 1
                 sl = around(cell, grid, size)
-                gain = int((edit(zi, "door", cells, "draw", units[0])[sl] == D).sum()) - int((li[sl] == D).sum())
-                store.append(gain)
+                before = int((li[sl] == D).sum())
+                store.append(int((edit(zi, "door", cells, "draw", units[0])[sl] == D).sum()) - before)
+                hard[kind].append(int((edit(zi, "door", cells, "draw", units[0], 0.0)[sl] == D).sum()) - before)
                 seeds[kind].append(sample)
                 bar.update(1)
             if len(left) < n_tree and (li == T).sum() >= 16:
@@ -275,9 +281,11 @@ def painting(painter: Painter, segmenter, scenes=(50, 30, 30), seed=EXPERIMENT_S
                 bar.update(1)
     bar.close()
     rate = lambda v, t: float(np.mean(np.array(v) >= t)) if v else None  # noqa: E731
-    return {"layer": painter.layer, "seed": seed, "units": list(units),
+    return {"layer": painter.layer, "seed": seed, "units": list(units), "feather": feather,
             "door_dab": {"wall_success": rate(wall, min_gain[0]), "sky_success": rate(sky, min_gain[0]),
                          "wall_gain": wall, "sky_gain": sky, "min_gain": min_gain[0],
+                         "hard_edge": {"wall_success": rate(hard["wall"], min_gain[0]),
+                                       "sky_success": rate(hard["sky"], min_gain[0])},
                          "ranking": painter.ranking("door", "draw")},
             "tree_stroke": {"left_median": float(np.median(left)) if left else None,
                             "background_share": bg / moved if moved else None, "left": left,

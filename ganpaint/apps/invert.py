@@ -33,7 +33,7 @@ from torch.func import functional_call
 
 from ganpaint.core import checkpoint
 from ganpaint.core.hooks import Trace
-from ganpaint.core.intervene import apply_strokes, pool_mask
+from ganpaint.core.intervene import FEATHER, apply_strokes, stroke_mask
 
 MAX_PIXELS = 40_000_000  # uploads above this are refused before decoding (memory, decode time)
 
@@ -361,10 +361,10 @@ class Inversion:
         from, so what a stroke's units are chosen on (see `stroke`)."""
         return features_of(generator, self.layer, self.z.to(generator.device))
 
-    def stroke(self, painter, concept, mask, action="draw", units=10, strength=1.0):
+    def stroke(self, painter, concept, mask, action="draw", units=10, strength=1.0, feather=FEATHER):
         """`painter.stroke` for this image: units chosen on the features the stroke edits."""
         return painter.stroke(concept, mask, action, units, strength,
-                              features=self.latent_features(painter.generator))
+                              features=self.latent_features(painter.generator), feather=feather)
 
     @torch.no_grad()
     def render(self, generator, strokes=()) -> torch.Tensor:
@@ -441,7 +441,7 @@ def stroke_cells(strokes, grid) -> torch.Tensor:
     for s in strokes:
         if len(s.units) == 0:
             continue
-        m = pool_mask(s.mask, grid)
+        m = stroke_mask(s, grid)
         cells = torch.maximum(cells, m[0] if m.dim() == 3 else m)
     return cells
 

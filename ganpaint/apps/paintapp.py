@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from ganpaint.core.dissection import Dissection
-from ganpaint.core.intervene import Painter, Stroke, apply_strokes
+from ganpaint.core.intervene import FEATHER, Painter, Stroke, apply_strokes, stroke_mask
 from ganpaint.apps.serving import encode_png, png_html, touch
 from ganpaint.world.scenes import to_uint8_images
 
@@ -146,7 +146,7 @@ class Session:
     """One person's painting state (kept per browser tab by Gradio): the scene's seed, the
     strokes applied in order, and the view's toggles."""
     seed: int = 0
-    strokes: list = field(default_factory=list)  # dicts: concept, action, units, boost, mask, stroke
+    strokes: list = field(default_factory=list)  # dicts: concept, action, units, boost, feather, mask, stroke
     grid: bool = False  # feature grid drawn over the brush canvas
     compare: bool = False  # before/after view shown
     labels: bool = False  # ... with the segmentation of both
@@ -295,16 +295,16 @@ class PaintApp:
 
     def grid_overlay(self, view: np.ndarray, session: Session) -> np.ndarray:
         """The scene (at its view's size) with the feature grid drawn faintly and the cells
-        touched by strokes tinted."""
+        touched by strokes tinted (the soft edge's cells fainter)."""
         out = view.astype(np.float32)
         h, w = self.grid
         ch, cw = out.shape[0] // h, out.shape[1] // w
         for s in session.strokes:
-            cells = torch.nn.functional.adaptive_max_pool2d(
-                torch.as_tensor(s["mask"], dtype=torch.float32)[None, None], (h, w))[0, 0].numpy()
+            cells = stroke_mask(s["stroke"], (h, w)).numpy()
             color = np.array((255, 80, 80) if s["action"] == "remove" else (80, 200, 255), np.float32)
             for y, x in zip(*np.nonzero(cells)):
-                out[y * ch:(y + 1) * ch, x * cw:(x + 1) * cw] = 0.6 * out[y * ch:(y + 1) * ch, x * cw:(x + 1) * cw] + 0.4 * color
+                a = 0.4 * float(cells[y, x])
+                out[y * ch:(y + 1) * ch, x * cw:(x + 1) * cw] = (1 - a) * out[y * ch:(y + 1) * ch, x * cw:(x + 1) * cw] + a * color
         return self.grid_lines(out)
 
     def grid_lines(self, img: np.ndarray) -> np.ndarray:
@@ -409,18 +409,21 @@ class PaintApp:
         return m if m.any() else None
 
     def paint(self, editor, session: Session, concept: str, action: str, strength: str,
-              boost: float):
+              boost: float, feather: float = FEATHER):
         """Apply the stroke painted in the editor (on mouse release): the concept's units
-        are switched in the painted cells; the status lists them."""
+        are switched in the painted cells, and at `feather` in the cells around them (the soft
+        edge: a generator draws an object from a neighbourhood of cells); the status lists
+        the units."""
         session = session or Session()
         mask = self.brush_mask(editor)
         if mask is None:
             return self.outputs(session, "nothing painted: draw a stroke on the scene first")
         units = STRENGTHS.get(strength, strength)
         stroke = {"concept": concept, "action": "remove" if action.startswith("remove") else "draw",
-                  "units": int(units), "boost": float(boost), "mask": mask}
+                  "units": int(units), "boost": float(boost), "feather": float(feather), "mask": mask}
         stroke["stroke"] = self.painter.stroke(concept, mask, stroke["action"], stroke["units"],
-                                               stroke["boost"], features=self.scene_features(session))
+                                               stroke["boost"], features=self.scene_features(session),
+                                               feather=stroke["feather"])
         stroke["rows"] = self.switched(concept, stroke["stroke"].units, stroke["action"])
         session = replace(session, strokes=session.strokes + [stroke])
         return self.outputs(session, f"{stroke['action']} {concept} with {units} units "
@@ -442,14 +445,14 @@ class PaintApp:
                 ", ".join(f"{r['unit']} (#{r['rank']}, {what(r)})" for r in stroke["rows"]))
 
     def stroke_on_release(self, editor, session: Session, concept: str, action: str,
-                          strength: str, boost: float):
+                          strength: str, boost: float, feather: float = FEATHER):
         """The editor's input event (it fires when a brush stroke ends, and also when the server
         replaces the canvas): paint if there is a stroke; otherwise change nothing, so replacing
         the canvas does not trigger another reply (no feedback loop)."""
         if self.brush_mask(editor) is None:
             import gradio as gr
             return tuple(gr.skip() for _ in range(5))  # one per output of `outputs`
-        return self.paint(editor, session, concept, action, strength, boost)
+        return self.paint(editor, session, concept, action, strength, boost, feather)
 
     def clear(self, session: Session):
         """The canvas's trash icon: put the scene (with its strokes) back on the canvas."""
@@ -615,6 +618,8 @@ def build_demo(app: PaintApp, curves_dir: Path | None = None):
                                             elem_id="strength")
                         boost = gr.Slider(0.5, 3.0, value=1.0, step=0.1,
                                           label="boost (× the 99th-percentile level)")
+                        feather = gr.Slider(0.0, 1.0, value=FEATHER, step=0.1, elem_id="edge",
+                                            label="soft edge (strength in the cells around a stroke)")
                         with gr.Row():
                             undo_btn = gr.Button("undo (Ctrl+Z)", elem_id="undo")
                             reset_btn = gr.Button("reset", elem_id="reset")
@@ -644,7 +649,7 @@ def build_demo(app: PaintApp, curves_dir: Path | None = None):
                         grid_view = gr.HTML(label="feature cells touched (grid of the painting layer)",
                                             show_label=True, container=True, elem_id="grid")
             outs = [editor, session, grid_view, compare_img, status]
-            paint_in = [editor, session, concept, action, strength, boost]
+            paint_in = [editor, session, concept, action, strength, boost, feather]
             kw = dict(concurrency_limit=CONCURRENCY, concurrency_id="render")
             paint_handler = lambda f: guard(embed_views(f))  # noqa: E731
             load_btn.click(paint_handler(app.new_scene), [seed, session], outs, **kw)

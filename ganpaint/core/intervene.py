@@ -5,6 +5,11 @@ One rule covers every edit: out = x·(1 − a) + v·a, with a a per-unit, per-po
 level (by default the unit's 99th-percentile activation from the dissection, times a strength)
 to insert. Strokes apply in order, so a later stroke overrides an earlier one where they meet.
 
+A stroke's edge can be soft (`feather`): its effect reaches the 8 cells around its cells at
+that fraction. A generator draws an object from a neighbourhood of cells, not from one: on the
+shipped scene GAN a one-cell "draw door" dab at a wall's foot draws a door in 14 % of scenes
+with a hard edge and in 74 % with the app's edge of 0.5 (still none in the sky).
+
 For a fixed latent, the edited layer's output is cached and only the layers after it are rerun
 for each new edit (for sequential generators); other generators get a full, hooked pass.
 """
@@ -26,6 +31,10 @@ class Stroke:
     units: list
     mask: torch.Tensor
     value: torch.Tensor | None = None
+    feather: float = 0.0
+
+
+FEATHER = 0.5  # the strength of strokes one cell around their cells, in the app and experiments
 
 
 def pool_mask(mask, grid) -> torch.Tensor:
@@ -40,6 +49,16 @@ def pool_mask(mask, grid) -> torch.Tensor:
     return m.clamp(0, 1)
 
 
+def stroke_mask(stroke: Stroke, grid) -> torch.Tensor:
+    """The stroke's effect per cell of the layer's grid: its mask max-pooled to the grid, and
+    `stroke.feather` (at most) in the 8 cells around each of its cells."""
+    m = pool_mask(stroke.mask, grid)
+    if stroke.feather > 0:
+        ring = F.max_pool2d(m.reshape(-1, 1, *m.shape[-2:]), 3, 1, 1).reshape(m.shape)
+        m = torch.maximum(m, ring * min(float(stroke.feather), 1.0))
+    return m
+
+
 def apply_strokes(x: torch.Tensor, strokes) -> torch.Tensor:
     """Apply strokes in order to features x (N, U, h, w); returns a new tensor."""
     n_units, grid = x.shape[1], x.shape[2:]
@@ -50,7 +69,7 @@ def apply_strokes(x: torch.Tensor, strokes) -> torch.Tensor:
         if units.min() < 0 or units.max() >= n_units:
             raise ValueError(f"unit out of range: layer has units 0..{n_units - 1}, got "
                              f"{[int(u) for u in units if u < 0 or u >= n_units]}")
-        m = pool_mask(s.mask, grid).to(x.device)
+        m = stroke_mask(s, grid).to(x.device)
         if m.dim() == 3 and m.shape[0] != x.shape[0]:
             raise ValueError(f"{m.shape[0]} per-sample masks for {x.shape[0]} samples")
         if not m.any():
@@ -83,9 +102,11 @@ class Painter:
         return torch.tensor([self.dissection.level(u, quantile, self.layer) for u in units])
 
     def stroke(self, concept: str, mask, action="draw", units=10, strength=1.0,
-               quantile: float = 0.01, features: torch.Tensor | None = None) -> Stroke:
+               quantile: float = 0.01, features: torch.Tensor | None = None,
+               feather: float = FEATHER) -> Stroke:
         """A stroke that draws (inserts) or removes (ablates) `concept`'s top `units` units
-        (by the learned local causal ranking when there is one: see `ranking`).
+        (by the learned local causal ranking when there is one: see `ranking`), with a soft
+        edge of `feather` (see the module's docstring; 0: hard-edged cells).
 
         `features`: the painting layer's (1, U, h, w) output that the stroke will edit. With
         them, a remove stroke of a learned ranking switches off the `units` units that matter
@@ -103,8 +124,10 @@ class Painter:
             chosen = self._most_active(concept, by, int(units), mask, features)
         else:
             chosen = self.dissection.top_units(concept, int(units), by, self.layer)
+        if not 0 <= feather <= 1:
+            raise ValueError(f"feather must be in [0, 1], not {feather}")
         value = None if action == "remove" else self.level(chosen, quantile) * float(strength)
-        return Stroke(chosen, mask, value)
+        return Stroke(chosen, mask, value, float(feather))
 
     def _most_active(self, concept, by, n, mask, features) -> list[int]:
         """The n ranked units with the largest √α × mean (positive) activation inside `mask`."""
