@@ -16,6 +16,7 @@ from ganpaint.apps.encoder import Encoder, export, load_encoder, train_encoder
 from ganpaint.adapters.generator import Generator
 from ganpaint.core.intervene import Stroke
 from ganpaint.apps.invert import (ImageError, Inversion, InversionError, composite, composite_region,
+                                  outside_change,
                              evaluate, features_of, invert,
                              load_image, psnr, receptive_growth, stroke_cells)
 from ganpaint.world.scenes import render, to_tensor_images
@@ -400,3 +401,13 @@ def test_evaluate_reports_the_bars_on_held_out_renders():
     assert out["samples"] == 2 and out["psnr_encoder"] is None
     assert out["psnr_adapted"] > out["psnr_start"] and out["seconds_per_image"] > 0
     assert out["edit_tree_left_median"] is None and out["outside_max_diff"] == 0.0
+
+
+def test_the_change_outside_an_edit_is_measured_where_the_edit_did_not_reach():
+    target = torch.zeros(1, 3, 4, 4)
+    edited = target.clone()
+    edited[..., 0, 0], edited[..., 3, 3] = 2.0, 0.5  # [-1, 1] units: a change of 1.0 and 0.25
+    region = torch.zeros(4, 4, dtype=torch.bool)
+    region[0, 0] = True
+    assert outside_change(edited, target, region) == 0.25
+    assert outside_change(edited, target, torch.ones(4, 4, dtype=torch.bool)) == 0.0  # no outside

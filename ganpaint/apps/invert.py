@@ -734,6 +734,14 @@ def output_size(generator) -> int:
     return int(img.shape[-1])
 
 
+def outside_change(edited: torch.Tensor, target: torch.Tensor, region: torch.Tensor) -> float:
+    """The largest change outside the composited `region`, in [0, 1] units (images in [-1, 1]);
+    0 when the region covers every pixel (a large tree's cells with the soft edge can)."""
+    if region.all():
+        return 0.0
+    return float((edited - target)[..., ~region].abs().max()) / 2
+
+
 def evaluate(generator, segmenter=None, painter=None, encoder=None, samples: int = 50,
              concept: str = "tree", units: int = 20, min_pixels: int = 40, progress=False,
              log=print, **options) -> dict:
@@ -767,7 +775,7 @@ def evaluate(generator, segmenter=None, painter=None, encoder=None, samples: int
             left.append(int((segmenter.segment(out) == k).sum()) / before)
         region = composite_region(stroke_cells([stroke], inv.base_features(generator).shape[-2:]),
                                   size, inv.grow)
-        outside = max(outside, float((out - target)[..., ~region].abs().max()) / 2)
+        outside = max(outside, outside_change(out, target, region))
     mean = lambda key: (statistics.mean(r[key] for r in rows) if rows and key in rows[0] else None)
     return {"samples": samples, "psnr_encoder": mean("psnr_encoder"),
             "psnr_start": mean("psnr_start"), "psnr_optimised": mean("psnr_optimised"),
