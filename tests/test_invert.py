@@ -16,9 +16,8 @@ from ganpaint.apps.encoder import Encoder, export, load_encoder, train_encoder
 from ganpaint.adapters.generator import Generator
 from ganpaint.core.intervene import Stroke
 from ganpaint.apps.invert import (ImageError, Inversion, InversionError, composite, composite_region,
-                                  outside_change,
-                             evaluate, features_of, invert,
-                             load_image, psnr, receptive_growth, stroke_cells)
+                             evaluate, features_of, invert, load_image, outside_change, psnr,
+                             receptive_growth, stroke_cells)
 from ganpaint.world.scenes import render, to_tensor_images
 from tests.toy import tiny_generator
 
