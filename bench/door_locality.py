@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ganpaint.apps import registry  # noqa: E402
-from ganpaint.apps.experiments import EXPERIMENT_SEED, _shares, _wall_foot  # noqa: E402
-from ganpaint.core.intervene import FEATHER, Painter  # noqa: E402
+from ganpaint.apps.experiments import EXPERIMENT_SEED, _wall_foot  # noqa: E402
+from ganpaint.core.intervene import FEATHER, Painter, cell_shares  # noqa: E402
 from ganpaint.core.names import lookup  # noqa: E402
 
 DONOR_SEED = 7  # scenes the transplanted doors come from: apart from the dabs' scenes
@@ -41,7 +41,7 @@ def scenes(painter, segmenter, seed, n):
     f = torch.cat([painter.features(z[i:i + 50]) for i in range(0, n, 50)])
     labels = torch.cat([segmenter.segment(g.forward_from(painter.layer, f[i:i + 50]))
                         for i in range(0, n, 50)])
-    return z, f, labels, _shares(labels, len(segmenter.concepts), f.shape[2:])
+    return z, f, labels, cell_shares(labels, len(segmenter.concepts), f.shape[2:])
 
 
 def main():

@@ -4,6 +4,7 @@ import torch
 
 from ganpaint.apps import experiments
 from ganpaint.apps.evaluate import frechet
+from ganpaint.core.intervene import cell_shares
 from tests.toy import ToySegmenter
 
 def test_ablation_curve_shape_and_reproducible(painter, tmp_path):
@@ -104,7 +105,7 @@ def test_eval_gan_judges_with_segmenter_and_an_independent_network():
 def _shares_of(grid_labels, n=10):
     """(C, h, w) shares from a per-cell label grid (each cell one concept)."""
     lab = torch.as_tensor(grid_labels)
-    return experiments._shares(lab[None], n, lab.shape)[0]
+    return cell_shares(lab[None], n, lab.shape)[0]
 
 def test_painting_picks_the_cells_a_person_would():
     S, G, B, D = 0, 2, 5, 9  # sky, grass, building, door in the scene world's label order

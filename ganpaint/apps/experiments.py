@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from ganpaint.core.intervene import FEATHER, Painter, Stroke
+from ganpaint.core.intervene import FEATHER, Painter, Stroke, cell_shares
 from ganpaint.world.labels import lookup
 from ganpaint.world.scenes import to_uint8_images
 
@@ -162,12 +162,6 @@ def insertion(painter: Painter, segmenter, concept="door", units=20, samples=500
             "pixels_per_cell": ch * cw, "context": context}
 
 
-def _shares(lab, n_concepts, grid):
-    """(N, C, h, w): the share of each feature cell's pixels that each concept covers."""
-    onehot = F.one_hot(lab.long(), n_concepts).permute(0, 3, 1, 2).float()
-    return F.adaptive_avg_pool2d(onehot, grid)
-
-
 def _wall_foot(sh, building, door, ground):
     """The cell a person clicks to add a door: a plain wall cell (no door in it) whose cell
     below is mostly ground (`ground`: the grass and road indices), or the image's bottom row;
@@ -243,7 +237,7 @@ def painting(painter: Painter, segmenter, scenes=(50, 30, 30), seed=EXPERIMENT_S
         z = g.latents(idx, seed)
         lab = segmenter.segment(painter.render(z))
         grid = painter.features(z).shape[2:]
-        shares = _shares(lab, len(concepts), grid)
+        shares = cell_shares(lab, len(concepts), grid)
         size = lab.shape[-1]
         for i, sample in enumerate(idx):
             zi, li, sh = z[i:i + 1], lab[i], shares[i]

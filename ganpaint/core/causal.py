@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ganpaint.core.dissection import Dissection
+from ganpaint.core.intervene import cell_shares
 from ganpaint.core.names import lookup
 
 CAUSAL_SEED = 2  # latents apart from the dissection's (0) and the experiments' (1)
@@ -127,7 +128,7 @@ def insertion_sites(labels, c, n_concepts, grid) -> torch.Tensor:
     weighted by how much they hold what surrounds c where it is (a door's cell is mostly wall,
     so wall cells weigh most for doors; sky and grass cells for trees). A concept that fills
     every cell it is in has no known context: then every cell without it weighs the same."""
-    shares = F.adaptive_avg_pool2d(F.one_hot(labels.long(), n_concepts).permute(0, 3, 1, 2).float(), grid)
+    shares = cell_shares(labels, n_concepts, grid)
     has = shares[:, c] > 0
     context = (shares * has[:, None]).sum((0, 2, 3))
     if context.sum() - context[c] <= 0:  # it fills its cells: no context known, any cell will do

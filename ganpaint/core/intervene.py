@@ -49,6 +49,13 @@ def pool_mask(mask, grid) -> torch.Tensor:
     return m.clamp(0, 1)
 
 
+def cell_shares(labels: torch.Tensor, n_concepts: int, grid) -> torch.Tensor:
+    """(N, C, h, w): the share of each layer cell's pixels that each concept covers, from
+    label maps (N, H, W): what the cells a stroke edits hold."""
+    onehot = F.one_hot(labels.long(), n_concepts).permute(0, 3, 1, 2).float()
+    return F.adaptive_avg_pool2d(onehot, tuple(grid))
+
+
 def stroke_mask(stroke: Stroke, grid) -> torch.Tensor:
     """The stroke's effect per cell of the layer's grid: its mask max-pooled to the grid, and
     `stroke.feather` (at most) in the 8 cells around each of its cells."""

@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ganpaint.core import checkpoint
+from ganpaint.core.intervene import cell_shares
 from ganpaint.adapters.progan import ProGAN
 from ganpaint.world.scenes import SceneStream, to_uint8_images
 
@@ -135,7 +136,7 @@ def splice_cells(f: torch.Tensor, labels: torch.Tensor, n_concepts: int, gen=Non
     transplant sits in another's neighbourhood. Returns the spliced features and, per
     transplant, (row, donor, y, x); scenes without a qualifying cell are left out."""
     grid = f.shape[-2:]
-    shares = F.adaptive_avg_pool2d(F.one_hot(labels.long(), n_concepts).permute(0, 3, 1, 2).float(), grid)
+    shares = cell_shares(labels, n_concepts, grid)
     ring = (F.avg_pool2d(shares, 3, 1, 1, count_include_pad=True) * 9 - shares).argmax(1)
     own = shares.argmax(1)
     donor = torch.arange(len(f)).roll(-1)
