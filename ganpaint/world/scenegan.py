@@ -203,7 +203,7 @@ class Trainer:
         opt_d = torch.optim.Adam(d.parameters(), lr=lr_d, betas=(0.0, 0.99))
         self.parts = {"g": g, "d": d, "g_ema": self.g_ema, "opt_g": opt_g, "opt_d": opt_d}
         self.opt_g, self.discs = opt_g, [(d, opt_d)]
-        seg = load_segmenter(segmenter_path or SEGMENTER) if semantic or locality else None
+        seg = load_segmenter(segmenter_path or SEGMENTER, device) if semantic or locality else None
         self.locality, self.seg_net = float(locality), seg and seg.net.requires_grad_(False)
         split = list(g._modules).index(PAINT_LAYER) + 1  # the generator up to / after it
         self.g_head, self.g_tail = nn.Sequential(*list(g)[:split]), nn.Sequential(*list(g)[split:])
