@@ -16,8 +16,8 @@ from ganpaint.apps.encoder import Encoder, export, load_encoder, train_encoder
 from ganpaint.adapters.generator import Generator
 from ganpaint.core.intervene import Stroke
 from ganpaint.apps.invert import (ImageError, Inversion, InversionError, composite, composite_region,
-                             evaluate, features_of, invert, load_image, outside_change, psnr,
-                             receptive_growth, stroke_cells)
+                             evaluate, features_of, fill_from_around, invert, load_image,
+                             outside_change, psnr, receptive_growth, stroke_cells)
 from ganpaint.world.scenes import render, to_tensor_images
 from tests.toy import tiny_generator
 
@@ -202,21 +202,42 @@ def test_an_edit_on_an_inversion_changes_only_its_region():
 
 
 def test_stroked_cells_restart_from_the_latents_features():
-    """A stroke switches units on the latent's own features in its cells (the optimised offset
-    there would redraw what it removes); elsewhere the optimised features stay."""
+    """A "draw" stroke switches units on the latent's own features in its cells (the optimised
+    offset there would redraw what it covers); a "remove" stroke's full cells are filled from
+    the optimised features around them; elsewhere the optimised features stay."""
     g = exact_generator(conv3=True)
     inv = invert(g, scene(), z_steps=5, feature_steps=50, adapt_steps=0, feature_lr=0.05)
     f, fz = inv.base_features(g), features_of(g, inv.layer, inv.z)
     assert (f - fz).abs().max() > 1e-3  # the optimisation moved the features
     cells = torch.zeros(4, 4)
     cells[1:3, 2] = 1
-    out = inv.stroked_features(g, [Stroke([0, 5], cells)])
     inside = cells.bool()
-    assert torch.equal(out[:, [0, 5]][..., inside], torch.zeros_like(out[:, [0, 5]][..., inside]))
-    assert torch.allclose(out[:, 1:5][..., inside], fz[:, 1:5][..., inside])
-    assert torch.equal(out[..., ~inside], f[..., ~inside])
+    drawn = inv.stroked_features(g, [Stroke([0, 5], cells, torch.tensor([2.0, 3.0]))])
+    assert torch.equal(drawn[:, 0][..., inside], torch.full_like(drawn[:, 0][..., inside], 2.0))
+    assert torch.allclose(drawn[:, 1:5][..., inside], fz[:, 1:5][..., inside])
+    assert torch.equal(drawn[..., ~inside], f[..., ~inside])
+    removed = inv.stroked_features(g, [Stroke([0, 5], cells)])
+    assert torch.equal(removed[:, [0, 5]][..., inside], torch.zeros_like(removed[:, [0, 5]][..., inside]))
+    assert torch.allclose(removed[:, 1:5][..., inside], fill_from_around(f, inside)[:, 1:5][..., inside])
+    assert not torch.allclose(removed[:, 1:5][..., inside], fz[:, 1:5][..., inside])
+    assert torch.equal(removed[..., ~inside], f[..., ~inside])
     assert torch.equal(inv.stroked_features(g, []), f)
     assert torch.equal(inv.stroked_features(g, [Stroke([], cells)]), f)
+
+
+def test_fill_from_around_continues_what_surrounds_the_hole():
+    """A hole in a smooth field is filled with what its surroundings continue (a ramp stays a
+    ramp), within the range around it, and the cells outside it are kept exactly."""
+    yy, xx = torch.meshgrid(torch.arange(8.0), torch.arange(8.0), indexing="ij")
+    f = torch.stack([2 * xx + yy, -xx])[None]  # (1, 2, 8, 8)
+    hole = torch.zeros(8, 8, dtype=torch.bool)
+    hole[2:6, 3:6] = True
+    spoiled = torch.where(hole, torch.tensor(100.0), f)  # what the hole held does not matter
+    out = fill_from_around(spoiled, hole)
+    assert torch.equal(out[..., ~hole], f[..., ~hole])
+    assert torch.allclose(out, f, atol=1e-2)
+    everything = fill_from_around(f, torch.ones(8, 8, dtype=torch.bool))
+    assert everything.shape == f.shape and torch.isfinite(everything).all()
 
 
 def test_edit_full_resolution_download(tmp_path):

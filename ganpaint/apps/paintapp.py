@@ -209,9 +209,9 @@ class PaintApp:
         return [s["stroke"] for s in session.strokes]
 
     def scene_features(self, session: Session) -> torch.Tensor:
-        """The painting layer's features that the next stroke edits: the scene's with the
-        session's strokes applied (for an upload, its latent's own, which a stroke's cells
-        restart from: `Inversion.stroked_features`)."""
+        """The painting layer's features that the next stroke's units are chosen on: the
+        scene's with the session's strokes applied (for an upload, its latent's own, which a
+        "draw" stroke's cells restart from: `Inversion.stroked_features`)."""
         with self.lock:
             if session.photo is not None:
                 f = session.photo.latent_features(self.painter.generator)
