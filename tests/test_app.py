@@ -185,6 +185,12 @@ def test_units_tab_ranks_by_iou_or_by_causal_effect():
     assert by_effect == d.top_units("tree", 4, learned, layer) and by_effect != by_iou
     with pytest.raises(ValueError, match="'iou' or 'causal'"):
         app.concept_units("tree", by="alpha")
+    # after a stroke, the tab shows its units and says why they need not outline the concept
+    editor, session, *_ = app.new_scene(0)
+    painted = {**editor, "layers": [stroke_layer(0, CANVAS // 4, 0, CANVAS // 4)]}
+    _, s1, *_ = app.paint(painted, session, "tree", "remove", "low (4 units)", 1.0)
+    concept, head, *_ = app.units_tab(s1, "door")
+    assert concept == "tree" and "local ranking" in head and "need not cover tree" in head
 
 
 def test_a_stroke_applies_on_release_and_replacing_the_canvas_is_no_new_stroke(app):
@@ -215,6 +221,7 @@ def test_each_stroke_lists_the_units_it_switched(app):
     # the Units tab opens on them (the toy dissection has no causal ranking: IoU)
     concept, head, items, table, units = app.units_tab(s1, app.concepts[-1])
     assert concept == c and units == [r["unit"] for r in rows] and "last stroke" in head
+    assert "need not cover" not in head  # units ranked by IoU do outline it
     assert [t[1] for t in table] == units and len(items) == 4
     # without a stroke: the chosen concept's top units
     concept, head, items, table, units = app.units_tab(session, app.concepts[-1])

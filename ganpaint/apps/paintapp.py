@@ -523,9 +523,14 @@ class PaintApp:
         if last is not None and last.get("rows"):
             concept = last["concept"]
             items, table, units = self.gallery(last["rows"], concept)
+            ranking = self.painter.ranking(concept, last["action"])
             head = (f"**Your last stroke** ({last['action']} {concept}) switched these "
-                    f"{len(units)} units, in the {self.painter.ranking(concept, last['action'])} ranking. "
-                    "Click a unit for its best concepts; choose a concept for its top units.")
+                    f"{len(units)} units, in the {ranking} ranking. ")
+            if ranking != "iou":  # learned by effect: a person expects outlines of the concept
+                head += (f"That ranking is learned from what switching units does, so their "
+                         f"outlines need not cover {concept}; rank by IoU for the units that "
+                         f"detect it. ")
+            head += "Click a unit for its best concepts; choose a concept for its top units."
             return concept, head, items, table, units
         return (concept, *self.concept_units(concept, top, by))
 
