@@ -221,6 +221,17 @@ def test_stroked_cells_restart_from_the_latents_features():
     assert torch.allclose(removed[:, 1:5][..., inside], fill_from_around(f, inside)[:, 1:5][..., inside])
     assert not torch.allclose(removed[:, 1:5][..., inside], fz[:, 1:5][..., inside])
     assert torch.equal(removed[..., ~inside], f[..., ~inside])
+    # a soft edge: the ring restarts half-way to the latent's features, only the cells the
+    # brush touched are filled, and the ring's switched units are halved
+    soft = inv.stroked_features(g, [Stroke([0, 5], cells, feather=0.5)])
+    ring = (F.max_pool2d(cells[None, None], 3, 1, 1)[0, 0] > 0) & ~inside
+    assert torch.allclose(soft[:, 1:5][..., inside], removed[:, 1:5][..., inside])
+    half = torch.lerp(f, fz, 0.5)
+    assert torch.allclose(soft[:, 1:5][..., ring], half[:, 1:5][..., ring])
+    assert torch.allclose(soft[:, [0, 5]][..., ring], 0.5 * half[:, [0, 5]][..., ring])
+    # a removal over every cell has nothing around it: it restarts from the latent's features
+    whole = inv.stroked_features(g, [Stroke([0, 5], torch.ones(4, 4))])
+    assert torch.allclose(whole[:, 1:5], fz[:, 1:5])
     assert torch.equal(inv.stroked_features(g, []), f)
     assert torch.equal(inv.stroked_features(g, [Stroke([], cells)]), f)
 

@@ -347,10 +347,12 @@ class Inversion:
         units do not explain (in a tree's cells, much of the tree), which would keep drawing
         what a "remove" stroke switched off. On the scene GAN ("remove tree", 20 units, 31
         held-out tree renders) this leaves 23 % of the tree instead of 75 %, at the same PSNR
-        (the unedited reconstruction does not change). The cells a "remove" stroke covers fully
-        are filled from the optimised features around them instead (`fill_from_around`): what
-        was behind the object is most like what is beside it, and the latent's own features
-        there still hold much of the object (the same 31 scenes, soft edge: 9 % left, not 24 %)."""
+        (the unedited reconstruction does not change). The cells a "remove" stroke reaches at
+        full strength (every cell the brush touched; not its soft ring) are filled from the
+        optimised features around them instead (`fill_from_around`): what was behind the object
+        is most like what is beside it, and the latent's own features there still hold much of
+        the object (the same 31 scenes, soft edge: 9 % left, not 24 %). A removal over every
+        cell has nothing around it and restarts from the latent's features."""
         strokes = list(strokes)
         f = self.base_features(generator)
         if self.features is not None and strokes:
@@ -359,14 +361,15 @@ class Inversion:
             if cells.any():
                 hole = stroke_cells([s for s in strokes if s.value is None], grid) >= 1
                 restart = self.latent_features(generator).to(f.device)
-                if hole.any():
+                if hole.any() and not hole.all():
                     restart = torch.where(hole.to(f.device), fill_from_around(f, hole), restart)
                 f = torch.lerp(f, restart, cells)
         return apply_strokes(f, strokes)
 
     def latent_features(self, generator) -> torch.Tensor:
-        """The painting layer's features of the latent alone: what a stroke's cells restart
-        from, so what a stroke's units are chosen on (see `stroke`)."""
+        """The painting layer's features of the latent alone: what a "draw" stroke's cells
+        (and a stroke's soft ring) restart from, and what a stroke's units are chosen on (see
+        `stroke`, `stroked_features`)."""
         return features_of(generator, self.layer, self.z.to(generator.device))
 
     def stroke(self, painter, concept, mask, action="draw", units=10, strength=1.0, feather=FEATHER):
@@ -616,8 +619,8 @@ def invert(generator, image, encoder=None, perceptual=None, layer: str | None = 
     relative distance to a latent's features counts, in choosing the start and in optimising z.
     feature_penalty: how strongly the optimised features are held to those of the optimised z
     (relative MSE). Freer features reconstruct better but draw the image with units other than
-    the concept's; strokes restart their cells from the latent's features (see
-    `Inversion.stroked_features`), so this matters less for edits than it did: measured before
+    the concept's; strokes restart their cells from the latent's features or, for a removal,
+    from the features around them (see `Inversion.stroked_features`), so this matters less for edits than it did: measured before
     that, on the scene GAN without an encoder (first 8 tree renders, 20 units removed), penalty
     1.0 gave 27.8 dB and left 64 % of the tree, 3.0 with 250 adaptation steps 28.5 dB and 49 %.
     adapt_from: the first layer adapted (default: the one after the painting layer); the layers
