@@ -620,9 +620,9 @@ def invert(generator, image, encoder=None, perceptual=None, layer: str | None = 
     feature_penalty: how strongly the optimised features are held to those of the optimised z
     (relative MSE). Freer features reconstruct better but draw the image with units other than
     the concept's; strokes restart their cells from the latent's features or, for a removal,
-    from the features around them (see `Inversion.stroked_features`), so this matters less for edits than it did: measured before
-    that, on the scene GAN without an encoder (first 8 tree renders, 20 units removed), penalty
-    1.0 gave 27.8 dB and left 64 % of the tree, 3.0 with 250 adaptation steps 28.5 dB and 49 %.
+    from the features around them (see `Inversion.stroked_features`), so this matters less for
+    edits than it did: measured before that, on the scene GAN without an encoder (first 8 tree
+    renders, 20 units removed), penalty 1.0 gave 27.8 dB and left 64 % of the tree, 3.0 with 250 adaptation steps 28.5 dB and 49 %.
     adapt_from: the first layer adapted (default: the one after the painting layer); the layers
     between stay the model's, so more of the layout stays the units' (edits hold better) and
     adaptation is faster, at some PSNR. On the scene GAN (12 tree renders) "layer6" left 71 % of

@@ -527,9 +527,9 @@ class PaintApp:
             head = (f"**Your last stroke** ({last['action']} {concept}) switched these "
                     f"{len(units)} units, in the {ranking} ranking. ")
             if ranking != "iou":  # learned by effect: a person expects outlines of the concept
-                head += (f"That ranking is learned from what switching units does, so their "
+                head += ("That ranking is learned from what switching units does, so their "
                          f"outlines need not cover {concept}; rank by IoU for the units that "
-                         f"detect it. ")
+                         "detect it. ")
             head += "Click a unit for its best concepts; choose a concept for its top units."
             return concept, head, items, table, units
         return (concept, *self.concept_units(concept, top, by))
